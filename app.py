@@ -1,0 +1,50 @@
+"""The Flask service: `create_app()` builds it; gunicorn serves "app:create_app()"."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from dotenv import load_dotenv
+from flask import Flask, Response, jsonify
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+import auth
+import transactions
+from errors import register_error_handlers
+from rehive_client import admin
+from settings import Settings, load_settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the service from `settings`, or from the environment and `.env` when None."""
+    if settings is None:
+        load_dotenv(".env")  # never overrides what the environment already says
+        settings = load_settings(os.environ)
+    _configure_logging()
+
+    app = Flask(__name__)
+    app.config["SETTINGS"] = settings
+    app.json.sort_keys = False
+    if settings.trusted_proxies:
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
+
+    register_error_handlers(app)
+    admin.init_app(app)
+    auth.init_app(app)
+    app.register_blueprint(transactions.bp)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
+    return app
+
+
+def _configure_logging() -> None:
+    root = logging.getLogger()
+    if not root.handlers:  # gunicorn and pytest bring their own; plain `flask run` does not
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for name in ("service", "webhooks", "rehive"):
+        logging.getLogger(name).setLevel(logging.INFO)

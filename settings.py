@@ -1,0 +1,111 @@
+"""Read the service's settings from the environment, once, when the app is built."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_API_URL = "https://api.rehive.com/3/"
+
+
+class ConfigError(RuntimeError):
+    """The environment does not describe a service that can start."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service is configured with; secrets are hidden from repr."""
+
+    admin_token: str = field(repr=False)
+    webhook_secret: str = field(repr=False)
+    webhook_secret_previous: str = field(default="", repr=False)
+    rehive_api_url: str = DEFAULT_API_URL
+    company: str | None = None
+    auth_cache_seconds: float = 10.0
+    auth_cache_size: int = 10_000
+    transactions_all_groups: frozenset[str] = frozenset({"admin"})
+    trusted_proxies: int = 0
+    cors_origins: tuple[str, ...] = ()
+    connect_timeout: float = 3.0
+    read_timeout: float = 10.0
+    webhook_allowed_ips: frozenset[str] = frozenset()
+    database_path: str = "instance/extension.sqlite3"
+    webhook_max_bytes: int = 1_048_576
+    webhook_worker: str = "thread"
+    webhook_worker_threads: int = 4
+    webhook_lease_seconds: float = 30.0
+    webhook_retry_first_seconds: float = 5.0
+    webhook_retry_max_seconds: float = 600.0
+    webhook_max_attempts: int = 8
+    savings_percent: int = 0
+
+    def replace(self, **changes: object) -> Settings:
+        """Return a copy with some fields changed (tests use this)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build Settings from environment variables; name every problem in one error."""
+    problems: list[str] = []
+    env = {key: value.strip() for key, value in environ.items()}
+
+    def required(name: str) -> str:
+        value = env.get(name, "")
+        if not value:
+            problems.append(f"{name} is required")
+        return value
+
+    def number(name: str, default: float, kind: type = float, minimum: float = 0) -> float:
+        raw = env.get(name, "")
+        if not raw:
+            return default
+        try:
+            value = kind(raw)
+        except ValueError:
+            problems.append(f"{name} must be a {kind.__name__}, got {raw!r}")
+            return default
+        if value < minimum:
+            problems.append(f"{name} must be at least {minimum}, got {raw!r}")
+            return default
+        return value
+
+    api_url = env.get("REHIVE_API_URL") or DEFAULT_API_URL
+    if not api_url.startswith(("http://", "https://")):
+        problems.append(f"REHIVE_API_URL must be an http(s) URL, got {api_url!r}")
+    worker = env.get("WEBHOOK_WORKER") or "thread"
+    if worker not in ("thread", "off"):
+        problems.append(f"WEBHOOK_WORKER must be 'thread' or 'off', got {worker!r}")
+
+    settings = Settings(
+        admin_token=required("REHIVE_ADMIN_TOKEN"),
+        webhook_secret=required("REHIVE_WEBHOOK_SECRET"),
+        webhook_secret_previous=env.get("REHIVE_WEBHOOK_SECRET_PREVIOUS", ""),
+        rehive_api_url=api_url.rstrip("/") + "/",
+        company=env.get("REHIVE_COMPANY") or None,
+        auth_cache_seconds=number("AUTH_CACHE_SECONDS", 10.0),
+        auth_cache_size=number("AUTH_CACHE_SIZE", 10_000, int, 1),
+        transactions_all_groups=frozenset(_list(env.get("TRANSACTIONS_ALL_GROUPS", "admin"))),
+        trusted_proxies=number("TRUSTED_PROXIES", 0, int),
+        cors_origins=_list(env.get("CORS_ORIGINS", "")),
+        read_timeout=number("REHIVE_TIMEOUT", 10.0, float, 0.001),
+        webhook_allowed_ips=frozenset(_list(env.get("WEBHOOK_ALLOWED_IPS", ""))),
+        database_path=env.get("DATABASE_PATH") or "instance/extension.sqlite3",
+        webhook_max_bytes=number("WEBHOOK_MAX_BYTES", 1_048_576, int, 1),
+        webhook_worker=worker,
+        webhook_worker_threads=number("WEBHOOK_WORKER_THREADS", 4, int, 1),
+        webhook_lease_seconds=number("WEBHOOK_LEASE_SECONDS", 30.0, float, 0.001),
+        webhook_retry_first_seconds=number("WEBHOOK_RETRY_FIRST_SECONDS", 5.0),
+        webhook_retry_max_seconds=number("WEBHOOK_RETRY_MAX_SECONDS", 600.0),
+        webhook_max_attempts=number("WEBHOOK_MAX_ATTEMPTS", 8, int, 1),
+        savings_percent=number("SAVINGS_PERCENT", 0, int),
+    )
+    if settings.savings_percent > 100:
+        problems.append(f"SAVINGS_PERCENT must be 0..100, got {settings.savings_percent}")
+    if problems:
+        raise ConfigError("Cannot start: " + "; ".join(problems) + ". See .env.example.")
+    return settings
