@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 from dotenv import load_dotenv
 from flask import Flask, Response, jsonify
@@ -38,6 +39,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.get("/healthz")
     def healthz() -> Response:
         return jsonify(status="ok")
+
+    openapi = (Path(__file__).parent / "openapi.yaml").read_bytes()
+
+    @app.get("/openapi.yaml")
+    def openapi_document() -> Response:
+        return Response(openapi, mimetype="application/yaml")
 
     return app
 

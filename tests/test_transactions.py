@@ -262,3 +262,10 @@ def test_healthz_needs_no_upstream(client, rsps):
     response = client.get("/healthz")
     assert (response.status_code, response.json) == (200, {"status": "ok"})
     assert len(rsps.calls) == 0
+
+
+def test_the_openapi_document_is_served(client):
+    response = client.get("/openapi.yaml")
+    assert response.status_code == 200
+    assert response.mimetype == "application/yaml"
+    assert b"/custom/transactions/:" in response.data and b"/webhooks/:" in response.data
