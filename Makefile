@@ -2,9 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-PORT   ?= 8000
 
-.PHONY: run test lint format clean
+.PHONY: run demo test lint format clean
 
 # The venv is rebuilt whenever a requirements file changes.
 $(BIN)/.installed: requirements.txt requirements-dev.txt
@@ -12,8 +11,12 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+# With a .env: gunicorn against the configured Rehive. Without: local mode (stand-in + service).
 run: $(BIN)/.installed
-	$(BIN)/gunicorn --config gunicorn.conf.py "app:create_app()"
+	$(BIN)/python -m devtools.run_local
+
+demo: $(BIN)/.installed
+	$(BIN)/python -m devtools.demo
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
