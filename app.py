@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import auth
 import transactions
+import webhooks
 from errors import register_error_handlers
 from rehive_client import admin
 from settings import Settings, load_settings
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     admin.init_app(app)
     auth.init_app(app)
     app.register_blueprint(transactions.bp)
+    webhooks.init_app(app)
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -52,3 +52,33 @@ def rehive_user(user_id="u-alice", company=COMPANY, group="user", **extra) -> di
         "groups": [{"name": group, "label": group.title(), "section": "user"}],
         **extra,
     }
+
+
+# -- webhooks -------------------------------------------------------------------------------------
+
+
+def webhook_body(event_id=1, event="transaction.execute", company=COMPANY, data=None) -> dict:
+    """Build a Rehive webhook delivery `{id, event, company, data}`."""
+    return {"id": event_id, "event": event, "company": company, "data": {} if data is None else data}
+
+
+@pytest.fixture
+def post_webhook(client):
+    """POST a delivery to /webhooks/ with our secret (or `secret=`, or None for no header)."""
+
+    def post(body=None, *, secret=WEBHOOK_SECRET, path="/webhooks/", headers=None, **kwargs):
+        all_headers = {"Authorization": f"Secret {secret}"} if secret is not None else {}
+        all_headers.update(headers or {})
+        if "data" not in kwargs:
+            kwargs["json"] = webhook_body() if body is None else body
+        return client.post(path, headers=all_headers, **kwargs)
+
+    return post
+
+
+@pytest.fixture
+def inbox(app):
+    """The app's webhook inbox."""
+    from webhooks import webhooks_of
+
+    return webhooks_of(app).inbox

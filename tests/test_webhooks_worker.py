@@ -1,0 +1,290 @@
+"""Processing outside the request: claims, leases, retries with backoff, dead events, replay."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from app import create_app
+from tests.conftest import COMPANY, WEBHOOK_SECRET, webhook_body
+from webhooks import Inbox, Registry, WorkerPool, webhooks_of
+from webhooks.worker import retry_delay
+
+GOOD = {"Authorization": f"Secret {WEBHOOK_SECRET}"}
+
+
+class Clock:
+    """A clock the test moves by hand; it starts a little ahead, so rows stored now are due."""
+
+    def __init__(self) -> None:
+        self.now = time.time() + 1
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _pool(app, clock=None, registry=None, inbox=None, threads=1) -> WorkerPool:
+    state = webhooks_of(app)
+    return WorkerPool(
+        app, inbox or state.inbox, registry or state.registry, threads=threads, clock=clock or time.time
+    )
+
+
+def _store(inbox: Inbox, event_id: object, event: str = "test.event", data: dict | None = None) -> None:
+    import json
+
+    body = json.dumps(webhook_body(event_id=event_id, event=event, data=data))
+    assert inbox.insert(COMPANY, str(event_id), event, body)
+
+
+def _wait_for(condition, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_retry_delay_doubles_up_to_the_maximum():
+    assert [retry_delay(n, 5, 600) for n in range(1, 10)] == [5, 10, 20, 40, 80, 160, 320, 600, 600]
+
+
+def test_a_failing_handler_is_retried_with_backoff_then_dead_then_replayed(settings, caplog):
+    settings = settings.replace(
+        webhook_retry_first_seconds=5, webhook_retry_max_seconds=12, webhook_max_attempts=4
+    )
+    app = create_app(settings)
+    state = webhooks_of(app)
+    clock = Clock()
+    pool = _pool(app, clock)
+    calls = []
+    broken = True
+
+    @state.registry.on("test.event")
+    def flaky(event, client):
+        calls.append(clock.now)
+        if broken:
+            raise RuntimeError("Rehive said no")
+
+    _store(state.inbox, 1)
+    start = clock.now
+    expected_due = [5, 10, 12]  # doubling from 5 s, capped at 12 s
+    for attempt, delay in enumerate(expected_due, start=1):
+        assert pool.process_one()
+        [row] = state.inbox.get("1")
+        assert (row["status"], row["attempts"]) == ("failed", attempt)
+        assert row["due_at"] == pytest.approx(clock.now + delay)
+        assert row["last_error"] == "RuntimeError: Rehive said no"
+        assert "Traceback" in row["traceback"]
+        assert "flaky" in row["traceback"]
+        clock.now += delay - 0.01
+        assert not pool.process_one(), "retried before its time"
+        clock.now += 0.01
+
+    assert pool.process_one()
+    [row] = state.inbox.get("1")
+    assert (row["status"], row["attempts"], row["due_at"]) == ("dead", 4, None)
+    clock.now += 10_000
+    assert not pool.process_one(), "a dead event is never retried by itself"
+    assert [round(t - start, 2) for t in calls] == [0, 5, 15, 27]
+
+    assert state.inbox.replay(COMPANY, "1") == "dead"
+    [row] = state.inbox.get("1")
+    assert (row["status"], row["attempts"]) == ("received", 0)
+    broken = False
+    assert pool.process_one()
+    [row] = state.inbox.get("1")
+    assert (row["status"], row["attempts"]) == ("done", 1)
+    logged = [r.getMessage() for r in caplog.records if r.name == "webhooks"]
+    assert sum("webhook failed" in line for line in logged) == 3
+    assert sum("webhook dead" in line for line in logged) == 1
+    assert sum("webhook done" in line for line in logged) == 1
+
+
+def test_an_expired_lease_is_taken_again(app):
+    state = webhooks_of(app)
+    clock = Clock()
+    runs = []
+    state.registry.on("test.event")(lambda event, client: runs.append(event.id))
+    _store(state.inbox, 5)
+    # A worker claims the event and dies before settling it.
+    dead_claim = state.inbox.claim_next(lease_seconds=30, now=clock.now)
+    assert dead_claim is not None
+    pool = _pool(app, clock)
+    assert not pool.process_one(), "the lease is still held"
+    clock.now += 30
+    assert pool.process_one()
+    [row] = state.inbox.get("5")
+    assert (row["status"], row["attempts"]) == ("done", 2)
+    assert runs == ["5"]
+    # The dead worker's late answer must not overwrite the result.
+    assert not state.inbox.finish(dead_claim)
+    assert state.inbox.fail(dead_claim, "late", "", retry_at=None) is None
+    assert state.inbox.get("5")[0]["status"] == "done"
+
+
+def test_a_worker_whose_lease_was_taken_cannot_mark_done(app):
+    state = webhooks_of(app)
+    _store(state.inbox, 6)
+    now = time.time()
+    slow = state.inbox.claim_next(lease_seconds=1, now=now)
+    fast = state.inbox.claim_next(lease_seconds=1, now=now + 2)
+    assert slow is not None and fast is not None and slow.lease_token != fast.lease_token
+    assert state.inbox.fail(fast, "boom", "tb", retry_at=now + 100, now=now + 2) == "failed"
+    assert not state.inbox.finish(slow, now=now + 3)
+    assert state.inbox.get("6")[0]["status"] == "failed"
+
+
+def test_an_event_whose_worker_keeps_dying_ends_dead(settings):
+    app = create_app(settings.replace(webhook_max_attempts=2))
+    state = webhooks_of(app)
+    _store(state.inbox, 8)
+    now = time.time()
+    assert state.inbox.claim_next(lease_seconds=1, now=now)
+    assert state.inbox.claim_next(lease_seconds=1, now=now + 2)
+    clock = Clock()
+    clock.now = now + 4
+    assert _pool(app, clock).process_one()
+    [row] = state.inbox.get("8")
+    assert (row["status"], row["attempts"]) == ("dead", 2)
+    assert "lease expired" in row["last_error"]
+
+
+def test_received_failed_due_and_expired_events_are_all_processed_after_a_restart(settings):
+    app = create_app(settings)
+    inbox = webhooks_of(app).inbox
+    for n in range(4):
+        _store(inbox, n)
+    now = time.time()
+    assert inbox.claim_next(lease_seconds=1, now=now)  # 0: processing, lease expires
+    failed = inbox.claim_next(lease_seconds=1, now=now)  # 1: failed, due
+    inbox.fail(failed, "boom", "tb", retry_at=now + 1, now=now)
+    later = inbox.claim_next(lease_seconds=1, now=now)  # 2: failed, not due yet
+    inbox.fail(later, "boom", "tb", retry_at=now + 3600, now=now)
+
+    restarted = create_app(settings)  # same database file, new process in all but name
+    runs = []
+    webhooks_of(restarted).registry.on("test.event")(lambda event, client: runs.append(event.id))
+    clock = Clock()
+    clock.now = now + 2
+    assert _pool(restarted, clock).drain() == 3
+    assert sorted(runs) == ["0", "1", "3"]
+    assert webhooks_of(restarted).inbox.counts() == {"done": 3, "failed": 1}
+
+
+def test_concurrent_workers_never_process_an_event_twice(settings):
+    app = create_app(settings)
+    events = 300
+    for n in range(events):
+        _store(webhooks_of(app).inbox, n)
+    seen: Counter[str] = Counter()
+    lock = threading.Lock()
+    registry = Registry()
+
+    @registry.on("*")
+    def count(event, client):
+        with lock:
+            seen[event.id] += 1
+
+    # Two pools on two Inbox objects (separate connections), as two processes would have.
+    pools = [_pool(app, registry=registry, inbox=Inbox(settings.database_path), threads=4) for _ in range(2)]
+    for pool in pools:
+        pool.start()
+    try:
+        _wait_for(lambda: sum(seen.values()) >= events, what="every event to be processed")
+        _wait_for(lambda: webhooks_of(app).inbox.counts() == {"done": events}, what="every row to be done")
+    finally:
+        for pool in pools:
+            pool.stop()
+    assert not any(pool.running for pool in pools)
+    assert len(seen) == events
+    assert set(seen.values()) == {1}
+
+
+def test_thread_workers_process_new_events_promptly(settings):
+    app = create_app(settings.replace(webhook_worker="thread", webhook_worker_threads=2))
+    state = webhooks_of(app)
+    done = threading.Event()
+    state.registry.on("test.event")(lambda event, client: done.set())
+    try:
+        assert state.pool.running
+        response = app.test_client().post("/webhooks/", headers=GOOD, json=webhook_body(event="test.event"))
+        assert response.status_code == 202
+        assert done.wait(10)
+        _wait_for(lambda: state.inbox.counts() == {"done": 1}, what="the row to be done")
+    finally:
+        state.pool.stop()
+    assert not state.pool.running
+
+
+def test_off_means_no_threads(app):
+    assert not webhooks_of(app).pool.running
+
+
+def test_handlers_get_the_event_the_admin_client_and_an_app_context(app):
+    from flask import current_app
+
+    from rehive_client import admin
+
+    state = webhooks_of(app)
+    got = []
+
+    @state.registry.on("test.event", "other.event")
+    def handler(event, client):
+        got.append((event, client, current_app.name))
+
+    _store(state.inbox, "abc", data={"k": "v"})
+    state.pool.drain()
+    [(event, client, name)] = got
+    assert (event.company, event.id, event.name, event.data) == (COMPANY, "abc", "test.event", {"k": "v"})
+    assert client is admin.client(app)
+    assert name == app.name
+
+
+def test_every_handler_of_an_event_runs_in_order(app):
+    state = webhooks_of(app)
+    order = []
+    state.registry.on("test.event")(lambda e, c: order.append("first"))
+    state.registry.on("*")(lambda e, c: order.append("any"))
+    state.registry.on("test.event")(lambda e, c: order.append("second"))
+    _store(state.inbox, 1)
+    state.pool.drain()
+    assert order == ["first", "second", "any"]
+
+
+def test_failure_logs_of_sensitive_events_carry_no_data(app, caplog):
+    caplog.set_level(logging.INFO, logger="webhooks")
+    state = webhooks_of(app)
+
+    @state.registry.on("user.password.reset", "transaction.create")
+    def leaky(event, client):
+        raise ValueError(f"bad key {event.data['key']}")
+
+    _store(state.inbox, 1, "user.password.reset", {"key": "reset-key-123456"})
+    _store(state.inbox, 2, "transaction.create", {"key": "ordinary"})
+    state.pool.drain()
+    assert "reset-key-123456" not in caplog.text
+    [sensitive] = [r.getMessage() for r in caplog.records if "id='1'" in r.getMessage()]
+    assert sensitive.endswith("error=ValueError")
+    assert "bad key ordinary" in caplog.text  # non-sensitive events keep the message
+    # The row keeps the full error, for `flask webhooks show`.
+    assert "reset-key-123456" in state.inbox.get("1")[0]["last_error"]
+
+
+def test_a_broken_row_fails_without_killing_the_worker(app):
+    state = webhooks_of(app)
+    assert state.inbox.insert(COMPANY, "bad", "test.event", "not json")
+    assert state.pool.process_one()
+    [row] = state.inbox.get("bad")
+    assert row["status"] == "failed"
+    assert row["last_error"].startswith("JSONDecodeError")
+
+
+def test_the_inbox_is_wal_and_fsyncs_every_commit(inbox):
+    conn = inbox.connection()
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL

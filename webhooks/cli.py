@@ -1,0 +1,170 @@
+"""`flask webhooks list|show|replay|work`: look at the inbox, put events back, or process them."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from webhooks.events import is_sensitive, redact
+from webhooks.extension import webhooks_of
+from webhooks.inbox import REPLAYABLE, STATUSES
+from webhooks.worker import WorkerPool
+
+group = AppGroup("webhooks", help="Inspect, replay and process stored webhook events.")
+
+LIST_FIELDS = ("company", "id", "event", "status", "attempts", "received_at", "last_error")
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _one_line(text: str | None, width: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _find(event_id: str, company: str | None) -> dict[str, Any]:
+    rows = webhooks_of().inbox.get(event_id, company)
+    if not rows:
+        where = f" for company {company!r}" if company else ""
+        raise click.ClickException(f"No stored event with id {event_id!r}{where}.")
+    if len(rows) > 1:
+        companies = ", ".join(row["company"] for row in rows)
+        raise click.ClickException(
+            f"Id {event_id!r} is used by several companies ({companies}); pass --company."
+        )
+    return rows[0]
+
+
+@group.command("list")
+@click.option("--status", type=click.Choice(STATUSES), help="Only events in this state.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--limit", type=click.IntRange(min=0), default=100, show_default=True, help="0 for all.")
+def list_command(status: str | None, as_json: bool, limit: int) -> None:
+    """List stored events, newest first."""
+    rows = webhooks_of().inbox.list_events(status, limit or None)
+    if as_json:
+        for row in rows:
+            line = {name: row[name] for name in LIST_FIELDS}
+            line["received_at"] = _iso(row["received_at"])
+            click.echo(json.dumps(line))
+        return
+    if not rows:
+        click.echo("No events.")
+        return
+    table = [("RECEIVED", "COMPANY", "ID", "EVENT", "STATUS", "ATTEMPTS", "LAST ERROR")]
+    table += [
+        (
+            _iso(row["received_at"]) or "",
+            row["company"],
+            row["id"],
+            row["event"],
+            row["status"],
+            str(row["attempts"]),
+            _one_line(row["last_error"], 60),
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[col]) for line in table) for col in range(len(table[0]) - 1)]
+    for line in table:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        click.echo("  ".join([*cells, line[-1]]).rstrip())
+
+
+@group.command("show")
+@click.argument("event_id")
+@click.option("--company", help="The company, when the id is used by several.")
+@click.option("--raw", is_flag=True, help="Do not mask codes and keys of user.*.verify, mfa.*, ... events.")
+def show_command(event_id: str, company: str | None, raw: bool) -> None:
+    """Show one stored event: state, data, last error and traceback."""
+    row = _find(event_id, company)
+    for name in ("company", "id", "event", "status", "attempts"):
+        click.echo(f"{name}: {row[name]}")
+    for name in ("received_at", "updated_at", "done_at"):
+        click.echo(f"{name}: {_iso(row[name]) or '-'}")
+    if row["status"] == "failed":
+        click.echo(f"next_attempt_at: {_iso(row['due_at'])}")
+    elif row["status"] == "processing":
+        click.echo(f"lease_expires_at: {_iso(row['due_at'])}")
+    click.echo(f"last_error: {row['last_error'] or '-'}")
+    data = json.loads(row["body"])["data"]
+    if is_sensitive(row["event"]) and not raw:
+        data = redact(data)
+    click.echo("data: " + json.dumps(data, indent=2, ensure_ascii=False))
+    if row["traceback"]:
+        click.echo("traceback:\n" + row["traceback"].rstrip())
+
+
+@group.command("replay")
+@click.argument("event_id", required=False)
+@click.option("--company", help="The company, when the id is used by several.")
+@click.option("--dead", "all_dead", is_flag=True, help="Replay every dead event.")
+def replay_command(event_id: str | None, company: str | None, all_dead: bool) -> None:
+    """Put a failed, dead or done event (or, with --dead, all dead ones) back to received."""
+    inbox = webhooks_of().inbox
+    if all_dead == bool(event_id):
+        raise click.UsageError("Give an event ID or --dead (not both).")
+    if all_dead:
+        rows = inbox.replay_dead()
+        for row in rows:
+            click.echo(f"Replayed {row['company']}/{row['id']} ({row['event']}): dead -> received.")
+        click.echo(f"{len(rows)} dead event(s) put back to received.")
+        return
+    assert event_id is not None
+    row = _find(event_id, company)
+    before = inbox.replay(row["company"], event_id)
+    if before is None:
+        raise click.ClickException(f"No stored event with id {event_id!r}.")
+    if before not in REPLAYABLE:
+        raise click.ClickException(
+            f"{row['company']}/{event_id} is {before}; only failed, dead or done events are replayed."
+        )
+    click.echo(
+        f"Replayed {row['company']}/{event_id} ({row['event']}): {before} -> received, attempts reset."
+    )
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@group.command("work")
+@click.option("--threads", type=click.IntRange(min=1), help="Default: WEBHOOK_WORKER_THREADS.")
+@click.option("--drain", is_flag=True, help="Process what is due now, then exit.")
+def work_command(threads: int | None, drain: bool) -> None:
+    """Process events in the foreground until Ctrl-C (for WEBHOOK_WORKER=off deployments)."""
+    state = webhooks_of()
+    if drain:
+        count = state.pool.drain()
+        click.echo(f"Processed {count} event(s).")
+        return
+    settings = current_app.config["SETTINGS"]
+    pool = WorkerPool(
+        current_app._get_current_object(),  # type: ignore[attr-defined]
+        state.inbox,
+        state.registry,
+        threads=threads or settings.webhook_worker_threads,
+    )
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: finish the events in hand
+    pool.start()
+    click.echo(f"Processing webhooks with {pool.threads} thread(s); Ctrl-C to stop.")
+    idle = threading.Event()
+    try:
+        while pool.running:
+            idle.wait(1.0)
+    except KeyboardInterrupt:
+        click.echo("Stopping after the events in hand...")
+    finally:
+        pool.stop()

@@ -1,0 +1,81 @@
+"""Parse Rehive's delivery body `{id, event, company, data}` strictly; a pure function, no Flask."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+MAX_ID_LENGTH = 100
+MAX_EVENT_LENGTH = 100
+MAX_DEPTH = 64  # real payloads nest a few levels; deeper is an attack on whoever walks the data
+
+
+class EnvelopeError(ValueError):
+    """The body is not a delivery we can store; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A delivery's identity and its decoded data; `id` is always text (1 and "1" are one event)."""
+
+    id: str
+    event: str
+    company: str
+    data: dict[str, Any]
+
+
+def _refuse_constant(name: str) -> None:
+    raise EnvelopeError(f"The body is not valid JSON ({name} is not JSON).")
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_envelope(body: bytes) -> Envelope:
+    """Decode and check a delivery body, or raise EnvelopeError naming the problem."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EnvelopeError("The body is not UTF-8.") from None
+    try:
+        payload = json.loads(text, parse_constant=_refuse_constant)
+    except EnvelopeError:
+        raise
+    except RecursionError:
+        raise EnvelopeError("The body is nested too deeply.") from None
+    except ValueError as exc:  # JSONDecodeError, and ints too long to convert
+        raise EnvelopeError(f"The body is not valid JSON: {exc}.") from None
+    if not isinstance(payload, dict):
+        raise EnvelopeError("The body must be a JSON object.")
+    if _too_deep(payload, MAX_DEPTH):
+        raise EnvelopeError("The body is nested too deeply.")
+    missing = [name for name in ("id", "event", "company", "data") if name not in payload]
+    if missing:
+        raise EnvelopeError("Missing field(s): " + ", ".join(missing) + ".")
+
+    raw_id = payload["id"]
+    if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+        raise EnvelopeError("Field 'id' must be a string or an integer.")
+    event_id = str(raw_id)
+    if not event_id or len(event_id) > MAX_ID_LENGTH:
+        raise EnvelopeError(f"Field 'id' must have 1 to {MAX_ID_LENGTH} characters.")
+    event = payload["event"]
+    if not isinstance(event, str) or not event or len(event) > MAX_EVENT_LENGTH:
+        raise EnvelopeError(f"Field 'event' must be a string of 1 to {MAX_EVENT_LENGTH} characters.")
+    company = payload["company"]
+    if not isinstance(company, str):
+        raise EnvelopeError("Field 'company' must be a string.")
+    data = payload["data"]
+    if not isinstance(data, dict):
+        raise EnvelopeError("Field 'data' must be an object.")
+    return Envelope(id=event_id, event=event, company=company, data=data)

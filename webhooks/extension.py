@@ -1,0 +1,50 @@
+"""The webhooks state each app carries: its inbox, its handler registry and its worker pool."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+
+from settings import ConfigError, Settings
+from webhooks.inbox import Inbox
+from webhooks.registry import Registry
+from webhooks.worker import WorkerPool
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass
+class Webhooks:
+    """Everything `init_app` built for one app (in `app.extensions["webhooks"]`)."""
+
+    inbox: Inbox
+    registry: Registry
+    pool: WorkerPool
+    secrets: tuple[str, ...]
+    allowed_networks: tuple[Network, ...]
+
+
+def secrets_of(settings: Settings) -> tuple[str, ...]:
+    """Return the secrets a delivery may carry: the current one and, while rotating, the previous."""
+    return tuple(s for s in (settings.webhook_secret, settings.webhook_secret_previous) if s)
+
+
+def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    """Parse WEBHOOK_ALLOWED_IPS entries (addresses or CIDR ranges), naming every bad one."""
+    networks, bad = [], []
+    for entry in sorted(entries):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            bad.append(entry)
+    if bad:
+        raise ConfigError(f"Cannot start: WEBHOOK_ALLOWED_IPS has invalid addresses: {', '.join(bad)}.")
+    return tuple(networks)
+
+
+def webhooks_of(app: Flask | None = None) -> Webhooks:
+    """Return the webhooks state of `app` (or of the current app)."""
+    return (app or current_app).extensions["webhooks"]

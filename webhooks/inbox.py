@@ -1,0 +1,286 @@
+"""The inbox: a SQLite table where each delivery is stored once and moves through its states.
+
+received -> processing (leased) -> done, or -> failed (retried later) -> ... -> dead.
+`due_at` says when a row may next be claimed: a received row at once, a failed row at its next
+try, a processing row when its lease runs out (its worker is presumed dead); done/dead: never.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("received", "processing", "done", "failed", "dead")
+REPLAYABLE = ("failed", "dead", "done")
+BUSY_TIMEOUT_SECONDS = 4.0  # under Rehive's 5 s cut-off, so a locked database still answers
+MAX_ERROR_CHARS = 1_000
+MAX_TRACEBACK_CHARS = 20_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhook_events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    company     TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    event       TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    status      TEXT NOT NULL DEFAULT 'received'
+                CHECK (status IN ('received', 'processing', 'done', 'failed', 'dead')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    due_at      REAL,
+    lease_token TEXT,
+    last_error  TEXT,
+    traceback   TEXT,
+    received_at REAL NOT NULL,
+    updated_at  REAL NOT NULL,
+    done_at     REAL,
+    UNIQUE (company, id)
+);
+CREATE INDEX IF NOT EXISTS webhook_events_due ON webhook_events (due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS webhook_events_status ON webhook_events (status, seq);
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A row this worker holds the lease on; only the holder of `lease_token` may settle it."""
+
+    seq: int
+    company: str
+    id: str
+    event: str
+    body: str
+    attempts: int
+    lease_token: str
+
+
+def _close_all(connections: list[sqlite3.Connection]) -> None:
+    for conn in connections:
+        conn.close()
+
+
+class Inbox:
+    """The webhook_events table in one SQLite file, with one connection per thread."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._open: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        # Close what is left when the inbox goes away (Python 3.13 warns about unclosed databases);
+        # not at interpreter exit, where a daemon worker may still be using its connection.
+        finalizer = weakref.finalize(self, _close_all, self._open)
+        finalizer.atexit = False
+
+    def __repr__(self) -> str:
+        return f"<Inbox {self.path}>"
+
+    def connection(self) -> sqlite3.Connection:
+        """Return this thread's connection (sqlite3 connections must stay in their thread)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: no implicit transactions; writes say BEGIN IMMEDIATE themselves.
+            # check_same_thread=False only so the finalizer may close it; each thread uses its own.
+            conn = sqlite3.connect(
+                self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is fsync'd before we answer 202, so an acknowledged event survives a crash.
+            conn.execute("PRAGMA synchronous=FULL")
+            self._local.conn = conn
+            with self._lock:
+                self._open.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            self._local.conn = None
+            with self._lock:
+                self._open.remove(conn)
+            conn.close()
+
+    def create_schema(self) -> None:
+        """Create the database file, its folder and the table if they do not exist."""
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = self.connection()
+        with self._write(conn):
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    @contextmanager
+    def _write(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        # IMMEDIATE takes the write lock up front, so two processes cannot both read a row as
+        # claimable and then both update it.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:  # some errors have already rolled it back
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    def insert(self, company: str, event_id: str, event: str, body: str, now: float | None = None) -> bool:
+        """Store a delivery; return False if (company, id) was already stored (nothing changes)."""
+        now = time.time() if now is None else now
+        cursor = self.connection().execute(
+            "INSERT INTO webhook_events (company, id, event, body, due_at, received_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (company, id) DO NOTHING",
+            (company, event_id, event, body, now, now, now),
+        )
+        return cursor.rowcount == 1
+
+    # -- processing --------------------------------------------------------------------------
+
+    def has_due(self, now: float | None = None) -> bool:
+        """Tell, without taking the write lock, whether any row may be claimed now."""
+        now = time.time() if now is None else now
+        row = self.connection().execute("SELECT 1 FROM webhook_events WHERE due_at <= ? LIMIT 1", (now,))
+        return row.fetchone() is not None
+
+    def bury_expired(self, max_attempts: int, now: float | None = None) -> list[sqlite3.Row]:
+        """Mark dead the rows whose lease ran out on their last allowed attempt; return them."""
+        now = time.time() if now is None else now
+        conn = self.connection()
+        with self._write(conn):
+            return conn.execute(
+                "UPDATE webhook_events SET status = 'dead', due_at = NULL, lease_token = NULL,"
+                " last_error = 'lease expired on the last attempt (did the worker die?)', updated_at = ?"
+                " WHERE status = 'processing' AND due_at <= ? AND attempts >= ?"
+                " RETURNING company, id, event, attempts",
+                (now, now, max_attempts),
+            ).fetchall()
+
+    def claim_next(self, lease_seconds: float, now: float | None = None) -> Claim | None:
+        """Lease the oldest due row to the caller and count an attempt; None if nothing is due."""
+        now = time.time() if now is None else now
+        token = uuid.uuid4().hex
+        conn = self.connection()
+        with self._write(conn):
+            row = conn.execute(
+                "UPDATE webhook_events SET status = 'processing', attempts = attempts + 1,"
+                " lease_token = ?, due_at = ?, updated_at = ?"
+                " WHERE seq = (SELECT seq FROM webhook_events WHERE due_at <= ? ORDER BY due_at, seq LIMIT 1)"
+                " RETURNING seq, company, id, event, body, attempts",
+                (token, now + lease_seconds, now, now),
+            ).fetchone()
+        if row is None:
+            return None
+        return Claim(lease_token=token, **dict(row))
+
+    def finish(self, claim: Claim, now: float | None = None) -> bool:
+        """Mark the claimed row done; False if the lease was lost to another worker meanwhile."""
+        now = time.time() if now is None else now
+        cursor = self.connection().execute(
+            "UPDATE webhook_events SET status = 'done', due_at = NULL, lease_token = NULL,"
+            " done_at = ?, updated_at = ? WHERE seq = ? AND status = 'processing' AND lease_token = ?",
+            (now, now, claim.seq, claim.lease_token),
+        )
+        return cursor.rowcount == 1
+
+    def fail(
+        self,
+        claim: Claim,
+        error: str,
+        traceback: str,
+        retry_at: float | None,
+        now: float | None = None,
+    ) -> str | None:
+        """Record a failed attempt: `failed` until `retry_at`, or `dead` if it is None.
+
+        Return the new status, or None if the lease was lost to another worker meanwhile.
+        """
+        now = time.time() if now is None else now
+        status = "dead" if retry_at is None else "failed"
+        cursor = self.connection().execute(
+            "UPDATE webhook_events SET status = ?, due_at = ?, lease_token = NULL, last_error = ?,"
+            " traceback = ?, updated_at = ? WHERE seq = ? AND status = 'processing' AND lease_token = ?",
+            (
+                status,
+                retry_at,
+                error[:MAX_ERROR_CHARS],
+                traceback[-MAX_TRACEBACK_CHARS:],
+                now,
+                claim.seq,
+                claim.lease_token,
+            ),
+        )
+        return status if cursor.rowcount == 1 else None
+
+    # -- operating ---------------------------------------------------------------------------
+
+    def replay(self, company: str, event_id: str, now: float | None = None) -> str | None:
+        """Put a failed/dead/done event back to received with no attempts; return its old status.
+
+        Return None if there is no such event; a received or processing event is left alone
+        (its old status is returned, so the caller can tell it was not replayed).
+        """
+        now = time.time() if now is None else now
+        conn = self.connection()
+        with self._write(conn):
+            row = conn.execute(
+                "SELECT status FROM webhook_events WHERE company = ? AND id = ?", (company, event_id)
+            ).fetchone()
+            if row is None:
+                return None
+            if row["status"] in REPLAYABLE:
+                conn.execute(
+                    "UPDATE webhook_events SET status = 'received', attempts = 0, due_at = ?,"
+                    " lease_token = NULL, updated_at = ? WHERE company = ? AND id = ?",
+                    (now, now, company, event_id),
+                )
+            return row["status"]
+
+    def replay_dead(self, now: float | None = None) -> list[sqlite3.Row]:
+        """Put every dead event back to received with no attempts; return (company, id, event)s."""
+        now = time.time() if now is None else now
+        conn = self.connection()
+        with self._write(conn):
+            return conn.execute(
+                "UPDATE webhook_events SET status = 'received', attempts = 0, due_at = ?,"
+                " lease_token = NULL, updated_at = ? WHERE status = 'dead' RETURNING company, id, event",
+                (now, now),
+            ).fetchall()
+
+    def list_events(self, status: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Return rows without their body, newest first, optionally of one status."""
+        sql = (
+            "SELECT company, id, event, status, attempts, received_at, updated_at, done_at, due_at,"
+            " last_error FROM webhook_events"
+        )
+        params: list[Any] = []
+        if status:
+            sql += " WHERE status = ?"
+            params.append(status)
+        sql += " ORDER BY seq DESC"
+        if limit:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [dict(row) for row in self.connection().execute(sql, params)]
+
+    def get(self, event_id: str, company: str | None = None) -> list[dict[str, Any]]:
+        """Return every full row with this id (one per company, or only `company`'s)."""
+        sql = "SELECT * FROM webhook_events WHERE id = ?"
+        params: list[Any] = [event_id]
+        if company is not None:
+            sql += " AND company = ?"
+            params.append(company)
+        return [dict(row) for row in self.connection().execute(sql + " ORDER BY company", params)]
+
+    def counts(self) -> dict[str, int]:
+        """Return how many rows are in each status."""
+        rows = self.connection().execute("SELECT status, count(*) AS n FROM webhook_events GROUP BY status")
+        return {row["status"]: row["n"] for row in rows}

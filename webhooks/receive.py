@@ -1,0 +1,86 @@
+"""`POST /webhooks/`: check the sender, store the delivery once, answer; never run handlers here."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import sqlite3
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from auth import our_company
+from errors import ApiError
+from webhooks.envelope import EnvelopeError, parse_envelope
+from webhooks.extension import Webhooks, webhooks_of
+from webhooks.verify import WebhookAuthError, verify_secret
+
+log = logging.getLogger("webhooks")
+
+bp = Blueprint("webhooks", __name__)
+
+JSON_TYPES = ("application/json",)
+
+
+def _check_address(state: Webhooks) -> None:
+    if not state.allowed_networks:
+        return
+    # remote_addr is already the client's address when ProxyFix trusts our proxies (app.py).
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        raise ApiError(403, "Webhooks are not accepted from this address.") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if not any(address in network for network in state.allowed_networks):
+        raise ApiError(403, "Webhooks are not accepted from this address.")
+
+
+def _read_body(max_bytes: int) -> bytes:
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ApiError(413, f"The body is larger than {max_bytes} bytes.")
+    mimetype = request.mimetype
+    if mimetype not in JSON_TYPES and not (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    ):
+        raise ApiError(415, "The body must be JSON (Content-Type: application/json).")
+    # Also caps what is read when no Content-Length was sent (a chunked body).
+    request.max_content_length = max_bytes
+    body = request.get_data(cache=False)
+    if len(body) > max_bytes:
+        raise ApiError(413, f"The body is larger than {max_bytes} bytes.")
+    return body
+
+
+@bp.post("/webhooks/", strict_slashes=False)
+def receive() -> tuple[Response, int]:
+    """Store a Rehive delivery: 202 when new, 200 when already stored, 4xx (nothing stored) if bad."""
+    settings = current_app.config["SETTINGS"]
+    state = webhooks_of()
+    _check_address(state)
+    try:
+        verify_secret(request.headers.get("Authorization"), state.secrets)
+    except WebhookAuthError as exc:
+        raise ApiError(401, str(exc), {"WWW-Authenticate": "Secret"}) from None
+    body = _read_body(settings.webhook_max_bytes)
+    try:
+        envelope = parse_envelope(body)
+    except EnvelopeError as exc:
+        raise ApiError(400, str(exc)) from None
+    # Learned from Rehive once per process when REHIVE_COMPANY is unset; configured otherwise.
+    if envelope.company != our_company():
+        raise ApiError(403, "This webhook is for another company.")
+
+    try:
+        stored = state.inbox.insert(envelope.company, envelope.id, envelope.event, body.decode("utf-8"))
+    except sqlite3.Error:
+        # Not stored, so not acknowledged: Rehive delivers it again later.
+        log.exception(
+            "webhook not stored company=%s id=%r event=%s", envelope.company, envelope.id, envelope.event
+        )
+        raise ApiError(503, "The event could not be stored; retry later.", {"Retry-After": "30"}) from None
+    if not stored:
+        log.info("webhook duplicate company=%s id=%r event=%s", envelope.company, envelope.id, envelope.event)
+        return jsonify(status="success"), 200
+    state.pool.wake()
+    log.info("webhook received company=%s id=%r event=%s", envelope.company, envelope.id, envelope.event)
+    return jsonify(status="success"), 202

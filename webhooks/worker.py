@@ -1,0 +1,202 @@
+"""Run handlers outside the request: claim a due event, run its handlers, settle the row."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+from flask import Flask
+
+from rehive_client import admin
+from webhooks.events import Event, is_sensitive
+from webhooks.inbox import Claim, Inbox
+from webhooks.registry import Registry
+
+log = logging.getLogger("webhooks")
+
+POLL_SECONDS = 0.5  # how soon work from other processes and due retries is noticed
+MAX_LOGGED_ERROR = 200
+
+
+def retry_delay(attempts: int, first: float, maximum: float) -> float:
+    """Return the wait after the `attempts`-th failed attempt: `first`, doubling, at most `maximum`."""
+    return min(first * 2 ** max(attempts - 1, 0), maximum)
+
+
+def _event(claim: Claim) -> Event:
+    return Event(company=claim.company, id=claim.id, name=claim.event, data=json.loads(claim.body)["data"])
+
+
+def _loggable(exc: BaseException, event_name: str) -> str:
+    # The message may quote the data; for events carrying codes, the type is all a log gets.
+    if is_sensitive(event_name):
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {str(exc)[:MAX_LOGGED_ERROR]!r}"
+
+
+class WorkerPool:
+    """Threads that process the inbox of one app; several pools, in several processes, may share it."""
+
+    def __init__(
+        self,
+        app: Flask,
+        inbox: Inbox,
+        registry: Registry,
+        *,
+        threads: int,
+        clock: Callable[[], float] = time.time,
+        poll_seconds: float = POLL_SECONDS,
+    ) -> None:
+        self.app = app
+        self.inbox = inbox
+        self.registry = registry
+        self.threads = threads
+        self.clock = clock
+        self.poll_seconds = poll_seconds
+        self.settings = app.config["SETTINGS"]
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def running(self) -> bool:
+        """Tell whether any worker thread is alive."""
+        return any(thread.is_alive() for thread in self._threads)
+
+    def wake(self) -> None:
+        """Make idle workers look for work now (called after a new event is stored)."""
+        self._wake.set()
+
+    # -- one unit of work --------------------------------------------------------------------
+
+    def process_one(self) -> bool:
+        """Claim one due event and run its handlers; return False if nothing was due."""
+        now = self.clock()
+        if not self.inbox.has_due(now):
+            return False
+        buried = self.inbox.bury_expired(self.settings.webhook_max_attempts, now)
+        for row in buried:
+            log.error(
+                "webhook dead company=%s id=%r event=%s attempts=%d error=lease expired",
+                row["company"],
+                row["id"],
+                row["event"],
+                row["attempts"],
+            )
+        claim = self.inbox.claim_next(self.settings.webhook_lease_seconds, now)
+        if claim is None:
+            return bool(buried)
+        self._run_handlers(claim)
+        return True
+
+    def drain(self) -> int:
+        """Process events until none is due; return how many were claimed or buried."""
+        count = 0
+        while self.process_one():
+            count += 1
+        return count
+
+    def _run_handlers(self, claim: Claim) -> None:
+        started = time.monotonic()
+        try:
+            event = _event(claim)
+            handlers = self.registry.handlers_for(claim.event)
+            client = admin.client(self.app)
+            with self.app.app_context():
+                for handler in handlers:
+                    handler(event, client)
+        except Exception as exc:
+            self._record_failure(claim, exc)
+            return
+        elapsed_ms = (time.monotonic() - started) * 1000
+        if self.inbox.finish(claim, self.clock()):
+            log.info(
+                "webhook done company=%s id=%r event=%s handlers=%d attempt=%d ms=%.0f",
+                claim.company,
+                claim.id,
+                claim.event,
+                len(handlers),
+                claim.attempts,
+                elapsed_ms,
+            )
+        else:
+            log.warning(
+                "webhook lease lost company=%s id=%r event=%s: another worker took it over after %.0f ms",
+                claim.company,
+                claim.id,
+                claim.event,
+                elapsed_ms,
+            )
+
+    def _record_failure(self, claim: Claim, exc: Exception) -> None:
+        settings = self.settings
+        now = self.clock()
+        retry_at = None
+        if claim.attempts < settings.webhook_max_attempts:
+            delay = retry_delay(
+                claim.attempts, settings.webhook_retry_first_seconds, settings.webhook_retry_max_seconds
+            )
+            retry_at = now + delay
+        error = f"{type(exc).__name__}: {exc}"
+        status = self.inbox.fail(claim, error, traceback.format_exc(), retry_at, now)
+        where = f"company={claim.company} id={claim.id!r} event={claim.event}"
+        if status == "failed":
+            log.warning(
+                "webhook failed %s attempt=%d/%d retry_in=%.1fs error=%s",
+                where,
+                claim.attempts,
+                settings.webhook_max_attempts,
+                retry_at - now,
+                _loggable(exc, claim.event),
+            )
+        elif status == "dead":
+            log.error(
+                "webhook dead %s attempts=%d error=%s", where, claim.attempts, _loggable(exc, claim.event)
+            )
+        else:
+            log.warning("webhook lease lost %s: another worker took it over", where)
+
+    # -- threads -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker threads (daemons; stopped at interpreter exit)."""
+        if self.running:
+            return
+        self._stopping.clear()
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"webhooks-worker-{n}", daemon=True)
+            for n in range(self.threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+        atexit.register(self.stop)
+        log.info("webhook workers started threads=%d", self.threads)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the threads to stop after their current event, and wait up to `timeout` seconds."""
+        atexit.unregister(self.stop)
+        self._stopping.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _loop(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                # Clear before looking, so a wake-up that arrives while we look is not lost.
+                self._wake.clear()
+                try:
+                    busy = self.process_one()
+                except Exception:  # a locked or broken database must not kill the thread
+                    log.exception("webhook worker error; trying again in %.1fs", self.poll_seconds)
+                    busy = False
+                if not busy:
+                    self._wake.wait(self.poll_seconds)
+        finally:
+            self.inbox.close()
