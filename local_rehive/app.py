@@ -1,0 +1,28 @@
+"""`create_app()`: the stand-in as a Flask app: the API, the control endpoint, faults and errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from local_rehive import api, control
+from local_rehive.errors import register_error_handlers
+from local_rehive.knobs import FaultInjector, Knobs
+from local_rehive.state import Platform
+
+DEFAULT_SEED = 1
+
+
+def create_app(*, seed: int = DEFAULT_SEED, webhook_timeout: float = 5.0, **knobs: Any) -> Flask:
+    """Build a stand-in seeded from `seed`; `knobs` are Knobs fields (latency_ms, throttle, ...)."""
+    app = Flask("local_rehive")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.url_map.strict_slashes = False  # answer `/3/auth` as well as `/3/auth/`
+    platform = Platform(seed=seed, knobs=Knobs().updated(knobs), webhook_timeout=webhook_timeout)
+    app.extensions["local_rehive"] = platform
+    app.register_blueprint(api.bp)
+    app.register_blueprint(control.bp)
+    register_error_handlers(app)
+    app.wsgi_app = FaultInjector(app.wsgi_app, lambda: platform.knobs)  # type: ignore[method-assign]
+    return app
