@@ -1,0 +1,262 @@
+"""`make demo`: run the whole flow against a local stand-in for Rehive and explain each step.
+
+It starts its own stand-in and service on free ports (so two demos never collide), then walks through
+A (the app logs in at Rehive), B (it calls our endpoint), C (we ask Rehive who that is), D (we call the
+admin API with our own token), a credit that fires a webhook, the stored event and the handler's
+effect, and who may not see what. Tokens are masked. It exits non-zero when any step misbehaves.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+import requests
+
+from devtools.processes import service_env, start_local_rehive, start_service, wait_for
+from devtools.run_local import LOCAL_ADMIN_TOKEN, register_webhooks
+from webhooks.inbox import Inbox
+
+SAVINGS_PERCENT = 10
+
+
+class DemoFailed(Exception):
+    """A step did not do what the demo says it does."""
+
+
+def mask(token: str) -> str:
+    """Show enough of a token to recognise it, never all of it."""
+    return token[:4] + "…" + token[-2:] if len(token) > 8 else "…"
+
+
+BOLD, RED, GREEN, PLAIN = ("\033[1m", "\033[31m", "\033[32m", "\033[0m") if sys.stdout.isatty() else ("",) * 4
+
+
+def step(label: str, text: str) -> None:
+    """Print a step heading."""
+    print(f"\n{BOLD}{label}{PLAIN} {text}", flush=True)
+
+
+def say(text: str) -> None:
+    """Print a line of a step."""
+    print(f"   {text}", flush=True)
+
+
+def check(condition: bool, failure: str) -> None:
+    """Stop the demo with `failure` unless `condition` holds."""
+    if not condition:
+        raise DemoFailed(failure)
+
+
+def money(amount: int, currency: dict) -> str:
+    """Format an amount in the smallest unit as Rehive's clients do."""
+    divisibility = currency.get("divisibility", 2)
+    return f"{amount / 10**divisibility:,.{divisibility}f} {currency.get('code', '')}"
+
+
+class Demo:
+    """The running stand-in and service, and the calls the demo makes to them."""
+
+    def __init__(self, rehive_url: str, service_url: str, database: Path) -> None:
+        self.rehive = rehive_url
+        self.service = service_url
+        self.database = database
+        self.http = requests.Session()
+
+    def login(self, email: str, password: str, company: str = "demo") -> str:
+        response = self.http.post(
+            f"{self.rehive}/3/auth/login/",
+            json={"user": email, "company": company, "password": password},
+            timeout=10,
+        )
+        check(response.status_code == 200, f"login of {email} answered {response.status_code}")
+        return response.json()["data"]["token"]
+
+    def custom_transactions(self, token: str, **params: str) -> requests.Response:
+        return self.http.get(
+            f"{self.service}/custom/transactions/",
+            params=params,
+            headers={"Authorization": f"Token {token}"},
+            timeout=15,
+        )
+
+    def admin(self, method: str, path: str, **kwargs) -> dict:
+        response = self.http.request(
+            method,
+            f"{self.rehive}/3/{path}",
+            headers={"Authorization": f"Token {LOCAL_ADMIN_TOKEN}"},
+            timeout=10,
+            **kwargs,
+        )
+        check(response.ok, f"stand-in {method} {path} answered {response.status_code}")
+        return response.json()
+
+    def control(self, path: str) -> list | dict:
+        return self.http.get(f"{self.rehive}/_control/{path}", timeout=10).json()
+
+    def inbox(self) -> list[dict]:
+        store = Inbox(str(self.database))
+        try:
+            return store.list_events()[::-1]
+        finally:
+            store.close()
+
+
+def run(demo: Demo) -> None:
+    """Walk through the flow, checking each step."""
+    step("A.", "The app logs in at Rehive (POST /3/auth/login/) and keeps the user's token.")
+    alice = demo.login("alice@demo.test", "alice-pass-123")
+    say(f"alice@demo.test is logged in; her token is {mask(alice)} (64 characters; masked here).")
+
+    step("B.", "The app calls our endpoint with that token: GET /custom/transactions/")
+    say("Authorization: Token " + mask(alice))
+    response = demo.custom_transactions(alice, page_size="5")
+    check(response.status_code == 200, f"/custom/transactions/ answered {response.status_code}")
+    body = response.json()["data"]
+    say(f"-> 200, {body['count']} transactions, first page:")
+    for tx in body["results"]:
+        amount = money(tx["amount"], tx["currency"])
+        say(f"   {tx['tx_type']:<6} {amount:>14}  {tx['status']:<8} {tx['id'][:8]}")
+    check(body["count"] > 0, "alice has no transactions in the stand-in")
+    check(
+        all(tx["user"]["email"] == "alice@demo.test" for tx in body["results"]),
+        "the list holds someone else's transaction",
+    )
+    if body["next"]:
+        say(f"next page (a link to this service, never to Rehive): {body['next']}")
+        check(body["next"].startswith(demo.service), "the next link does not point at this service")
+
+    step("C.", "Our service asked Rehive who that token belongs to: GET /3/auth/ with her token.")
+    calls = [call for call in demo.control("auth-calls") if call.get("user") == "alice@demo.test"]
+    check(bool(calls), "the stand-in saw no /3/auth/ call for alice")
+    call = calls[-1]
+    say(f"Rehive answered {call['status']}: {call['user']} of company '{call['company']}'.")
+    say(f"(the service sent X-Forwarded-For: {call['forwarded_for']}, the app's own address)")
+    say("The answer is cached for AUTH_CACHE_SECONDS (10 s by default), keyed by a hash of the token.")
+
+    step(
+        "D.", "Then it called Rehive's admin API with its own token: GET /3/admin/transactions/?user=<alice>"
+    )
+    say(f"with Authorization: Token {mask(LOCAL_ADMIN_TOKEN)} (the service's token never leaves the server)")
+    say("user=<alice's id> is forced by the service: alice cannot widen her view.")
+
+    step("E.", "A credit reaches Complete in Rehive, which fires the transaction.execute webhook.")
+    credit = demo.admin(
+        "POST",
+        "admin/transactions/credit/",
+        json={"user": "alice@demo.test", "amount": 12_345, "currency": "USD", "status": "Complete"},
+    )["data"]
+    say(f"an admin credits alice 123.45 USD: transaction {credit['id'][:8]}, status {credit['status']}")
+    delivered = wait_for(
+        lambda: [
+            d
+            for d in demo.control("deliveries")
+            if d.get("event") == "transaction.execute"
+            and d.get("transaction") == credit["id"]
+            and d.get("status") == 202
+        ],
+        timeout=20,
+        what="the webhook to be delivered",
+    )
+    say(f"Rehive POSTed /webhooks/ (Authorization: Secret …); the service answered {delivered[0]['status']}.")
+
+    step(
+        "F.",
+        "The service stored the event (fsync'd) before answering, then processed it outside the request.",
+    )
+    done = wait_for(
+        lambda: [
+            row for row in demo.inbox() if row["event"] == "transaction.execute" and row["status"] == "done"
+        ],
+        timeout=20,
+        what="the event to be processed",
+    )
+    for row in demo.inbox():
+        say(f"inbox: event {row['id'][:8]} {row['event']:<20} {row['status']:<10} attempts {row['attempts']}")
+    check(bool(done), "no event was processed")
+
+    step(
+        "G.", f"The auto-savings handler moved {SAVINGS_PERCENT}% of the credit to alice's 'savings' account."
+    )
+    savings = wait_for(
+        lambda: demo.admin(
+            "GET", "admin/accounts/", params={"user": credit["user"]["id"], "name": "savings"}
+        )["data"]["results"],
+        timeout=20,
+        what="the savings account",
+    )
+    reference = savings[0]["reference"]
+    legs = wait_for(
+        lambda: demo.admin("GET", "admin/transactions/", params={"account": reference})["data"]["results"],
+        timeout=20,
+        what="the savings transfer",
+    )
+    check(len(legs) == 1, f"expected one transfer into savings, found {len(legs)}")
+    check(legs[0]["amount"] == 1_234, f"expected 12.34 USD saved, found {legs[0]['amount']}")
+    saved = money(legs[0]["amount"], legs[0]["currency"])
+    say(f"savings account {reference}: {saved} (the floor of 10% of 123.45)")
+    say(
+        "The transfer carried an Idempotency-Key derived from the event, so a re-run cannot move money twice."
+    )
+
+    step("H.", "bob asks for alice's transactions with ?user=<alice's id>.")
+    bob = demo.login("bob@demo.test", "bob-pass-123")
+    response = demo.custom_transactions(bob, user=credit["user"]["id"])
+    check(response.status_code == 200, f"bob's call answered {response.status_code}")
+    emails = {tx["user"]["email"] for tx in response.json()["data"]["results"]}
+    check(emails <= {"bob@demo.test"}, f"bob saw transactions of {emails - {'bob@demo.test'}}")
+    count = response.json()["data"]["count"]
+    say(f"-> 200 with {count} transactions, all bob's own: the service replaced his user= filter.")
+
+    step("I.", "mallory, a user of another company, calls the endpoint with her valid token.")
+    mallory = demo.login("mallory@other.test", "mallory-pass-123", company="other")
+    response = demo.custom_transactions(mallory)
+    check(response.status_code == 403, f"mallory got {response.status_code}, expected 403")
+    say(f"-> 403 {response.json()['message']}")
+
+    step("J.", "A call with no token, or a made-up one.")
+    for header in ({}, {"Authorization": "Token made-up"}):
+        response = requests.get(f"{demo.service}/custom/transactions/", headers=header, timeout=10)
+        check(response.status_code == 401, f"got {response.status_code}, expected 401")
+        challenge = response.headers.get("WWW-Authenticate")
+        say(f"-> 401 {response.json()['message']}  (WWW-Authenticate: {challenge})")
+
+
+def main() -> int:
+    """Start everything on free ports, run the demo, stop everything."""
+    work = Path(tempfile.mkdtemp(prefix="rehive-demo-"))
+    print("Starting a local Rehive stand-in and the service on free ports...", flush=True)
+    rehive = start_local_rehive(log_path=work / "local_rehive.log")
+    service = None
+    try:
+        secret = secrets.token_urlsafe(32)
+        database = work / "inbox.sqlite3"
+        env = service_env(
+            os.environ,
+            REHIVE_API_URL=rehive.url + "/3/",
+            REHIVE_ADMIN_TOKEN=LOCAL_ADMIN_TOKEN,
+            REHIVE_COMPANY="demo",
+            REHIVE_WEBHOOK_SECRET=secret,
+            DATABASE_PATH=str(database),
+            SAVINGS_PERCENT=str(SAVINGS_PERCENT),
+        )
+        service = start_service(env, log_path=work / "service.log", workers=1, threads=4)
+        register_webhooks(rehive.url, service.url, secret)
+        print(f"stand-in {rehive.url}   service {service.url}   logs in {work}", flush=True)
+        run(Demo(rehive.url, service.url, database))
+    except (DemoFailed, TimeoutError, requests.RequestException) as exc:
+        print(f"\n{RED}DEMO FAILED:{PLAIN} {exc}\nLogs: {work}", file=sys.stderr)
+        return 1
+    finally:
+        if service:
+            service.stop()
+        rehive.stop()
+    print(f"\n{GREEN}The whole flow worked.{PLAIN}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
