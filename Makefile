@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run demo test lint format clean
+.PHONY: run demo test bench reliability lint format clean
 
 # The venv is rebuilt whenever a requirements file changes.
 $(BIN)/.installed: requirements.txt requirements-dev.txt
@@ -22,6 +22,14 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# Throughput and latency against their floors, printed as one table (needs wrk: installed if missing).
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench
+
+# Crashes, upstream faults, hostile input, fuzzing, leaks and access, printed as one table.
+reliability: $(BIN)/.installed
+	$(BIN)/python -m reliability
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
