@@ -13,3 +13,4 @@ keepalive = 5
 accesslog = "-"
 # Never log request headers: Authorization carries user tokens and the webhook secret.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+control_socket_disable = True  # several servers (tests, benchmarks) may run at once

@@ -8,7 +8,6 @@ effect, and who may not see what. Tokens are masked. It exits non-zero when any 
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
 import tempfile
@@ -16,8 +15,8 @@ from pathlib import Path
 
 import requests
 
-from devtools.processes import service_env, start_local_rehive, start_service, wait_for
-from devtools.run_local import LOCAL_ADMIN_TOKEN, register_webhooks
+from devtools.processes import start_local_rehive, start_service, wait_for
+from devtools.run_local import LOCAL_ADMIN_TOKEN, local_env, register_webhooks
 from webhooks.inbox import Inbox
 
 SAVINGS_PERCENT = 10
@@ -234,15 +233,7 @@ def main() -> int:
     try:
         secret = secrets.token_urlsafe(32)
         database = work / "inbox.sqlite3"
-        env = service_env(
-            os.environ,
-            REHIVE_API_URL=rehive.url + "/3/",
-            REHIVE_ADMIN_TOKEN=LOCAL_ADMIN_TOKEN,
-            REHIVE_COMPANY="demo",
-            REHIVE_WEBHOOK_SECRET=secret,
-            DATABASE_PATH=str(database),
-            SAVINGS_PERCENT=str(SAVINGS_PERCENT),
-        )
+        env = local_env(rehive.url, secret, database, SAVINGS_PERCENT)
         service = start_service(env, log_path=work / "service.log", workers=1, threads=4)
         register_webhooks(rehive.url, service.url, secret)
         print(f"stand-in {rehive.url}   service {service.url}   logs in {work}", flush=True)

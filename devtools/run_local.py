@@ -16,6 +16,12 @@ from devtools.processes import ROOT, listening_socket, service_env, start_local_
 from rehive_client import RehiveClient, RehiveRequestError
 
 LOCAL_ADMIN_TOKEN = "local-demo-admin-token"  # the stand-in's seeded service user; not a secret
+LOCAL_DATABASE = Path("instance/local.sqlite3")
+# The CLI needs a complete configuration; listing the inbox uses none of the secrets.
+INBOX_COMMAND = (
+    f"REHIVE_ADMIN_TOKEN={LOCAL_ADMIN_TOKEN} REHIVE_WEBHOOK_SECRET=unused REHIVE_COMPANY=demo "
+    f"DATABASE_PATH={LOCAL_DATABASE} .venv/bin/flask --app app"
+)
 WEBHOOK_EVENTS = ("transaction.create", "transaction.initiate", "transaction.execute")
 DEMO_USERS = (
     ("alice@demo.test", "alice-pass-123", "user"),
@@ -40,6 +46,19 @@ def serve_configured() -> None:
         "app:create_app()",
     ]
     os.execv(sys.executable, gunicorn)
+
+
+def local_env(rehive_url: str, secret: str, database: Path, savings_percent: int | str) -> dict[str, str]:
+    """Return the service's environment for serving the stand-in's company `demo`."""
+    return service_env(
+        os.environ,
+        REHIVE_API_URL=rehive_url + "/3/",
+        REHIVE_ADMIN_TOKEN=LOCAL_ADMIN_TOKEN,
+        REHIVE_COMPANY="demo",
+        REHIVE_WEBHOOK_SECRET=secret,
+        DATABASE_PATH=str(database),
+        SAVINGS_PERCENT=str(savings_percent),
+    )
 
 
 def register_webhooks(rehive_url: str, service_url: str, secret: str) -> None:
@@ -81,7 +100,8 @@ No .env found, so this is a local stand-in for Rehive: no account needed.
     curl -s {service_url}/custom/transactions/ -H "Authorization: Token $TOKEN"
   Or watch the whole flow explained step by step: make demo
 
-  Inbox: .venv/bin/flask --app app webhooks list   (run with the same environment; see README)
+  The inbox (events received, their state):
+    {INBOX_COMMAND} webhooks list
   Ctrl-C stops both.
 =============================================================================
 """.rstrip()
@@ -96,19 +116,11 @@ def serve_local() -> None:
         secret = secrets.token_urlsafe(32)
         savings = os.environ.get("SAVINGS_PERCENT", "10")
         # The stand-in starts empty every time, so the local inbox (never the configured one) does too.
-        database = Path("instance/local.sqlite3")
+        database = LOCAL_DATABASE
         database.parent.mkdir(parents=True, exist_ok=True)
         for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
             path.unlink(missing_ok=True)
-        env = service_env(
-            os.environ,
-            REHIVE_API_URL=rehive.url + "/3/",
-            REHIVE_ADMIN_TOKEN=LOCAL_ADMIN_TOKEN,
-            REHIVE_COMPANY="demo",
-            REHIVE_WEBHOOK_SECRET=secret,
-            DATABASE_PATH=str(database),
-            SAVINGS_PERCENT=savings,
-        )
+        env = local_env(rehive.url, secret, database, savings)
         service = start_service(env, listening_socket(port))
         register_webhooks(rehive.url, service.url, secret)
         print(banner(rehive.url, service.url, savings), flush=True)
@@ -116,6 +128,9 @@ def serve_local() -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        # A second Ctrl-C must not interrupt the clean-up and leave the stand-in running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("\nStopping the service and the stand-in...", flush=True)
         if service:
             service.stop()
@@ -126,7 +141,9 @@ def main() -> None:
     """Pick the mode and serve."""
     if configured():
         serve_configured()
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the same way as Ctrl-C
+    # Stop the same way on Ctrl-C and on SIGTERM, even where a shell started us with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     serve_local()
 
 

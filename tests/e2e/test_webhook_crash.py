@@ -3,93 +3,33 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from collections import Counter
-from contextlib import closing, suppress
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
+from devtools.processes import Process, listening_socket, service_env, start_service, wait_for
+
 SECRET = "e2e-webhook-secret-0123456789abcdef"
 COMPANY = "acme"
 EVENTS = 24
 HANDLER_SECONDS = 0.3
 
 
-def free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(condition, what: str, timeout: float = 30.0, log: Path | None = None):
-    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-3000:] if log and log.exists() else ""
-            raise AssertionError(f"timed out waiting for {what}\n{tail}")
-        time.sleep(0.02)
-
-
-class Gunicorn:
-    """A real gunicorn serving the slow app, in its own process group so it can be killed whole."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        command = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-w",
-            "2",
-            "-k",
-            "gthread",
-            "--threads",
-            "4",
-            "-b",
-            f"127.0.0.1:{self.port}",
-            "tests.e2e.slow_app:create_app()",
-        ]
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def healthy(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {self.process.returncode}\n{self.log.read_text()}")
-        try:
-            return requests.get(self.url + "/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL the master and its workers at once, as a crash or the OOM killer would."""
-        if self.process.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-
 @pytest.fixture
 def servers():
-    started: list[Gunicorn] = []
+    started: list[Process] = []
     yield started
     for server in started:
-        server.kill()
+        server.stop()
+
+
+def serve(env: dict[str, str], sock, log: Path) -> Process:
+    """Start gunicorn serving the slow app, two workers, on the socket we keep across crashes."""
+    return start_service(env, sock, workers=2, threads=4, app="tests.e2e.slow_app:create_app()", log_path=log)
 
 
 def _rows(db: Path, sql: str) -> list[tuple]:
@@ -100,26 +40,22 @@ def _rows(db: Path, sql: str) -> list[tuple]:
 def test_events_survive_a_crash_and_are_done_exactly_once(tmp_path, servers):
     db = tmp_path / "inbox.sqlite3"
     log = tmp_path / "gunicorn.log"
-    env = {
-        **os.environ,
-        "REHIVE_ADMIN_TOKEN": "e2e-admin-token",
-        "REHIVE_WEBHOOK_SECRET": SECRET,
-        "REHIVE_WEBHOOK_SECRET_PREVIOUS": "",
-        "REHIVE_COMPANY": COMPANY,
-        "REHIVE_API_URL": "http://127.0.0.1:9/3/",  # nothing listens: the handler never calls Rehive
-        "DATABASE_PATH": str(db),
-        "WEBHOOK_WORKER": "thread",
-        "WEBHOOK_WORKER_THREADS": "2",
-        "WEBHOOK_LEASE_SECONDS": "1.5",
-        "WEBHOOK_ALLOWED_IPS": "",  # set, even empty, so a developer's .env cannot change the test
-        "TRUSTED_PROXIES": "0",
-        "SAVINGS_PERCENT": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
-
-    first = Gunicorn(env, log)
+    env = service_env(
+        os.environ,
+        REHIVE_ADMIN_TOKEN="e2e-admin-token",
+        REHIVE_WEBHOOK_SECRET=SECRET,
+        REHIVE_COMPANY=COMPANY,
+        REHIVE_API_URL="http://127.0.0.1:9/3/",  # nothing listens: the handler never calls Rehive
+        DATABASE_PATH=str(db),
+        WEBHOOK_WORKER="thread",
+        WEBHOOK_WORKER_THREADS="2",
+        WEBHOOK_LEASE_SECONDS="1.5",
+        TRUSTED_PROXIES="0",
+        SAVINGS_PERCENT="0",
+    )
+    sock = listening_socket()
+    first = serve(env, sock, log)
     servers.append(first)
-    wait_for(first.healthy, "the first server to start", log=log)
     session = requests.Session()
     headers = {"Authorization": f"Secret {SECRET}"}
     bodies = [
@@ -133,7 +69,7 @@ def test_events_survive_a_crash_and_are_done_exactly_once(tmp_path, servers):
     def done_count() -> int:
         return _rows(db, "SELECT count(*) FROM webhook_events WHERE status = 'done'")[0][0]
 
-    wait_for(lambda: done_count() >= 3, "some events to be done", log=log)
+    wait_for(lambda: done_count() >= 3, what="some events to be done")
     first.kill()
 
     before = dict(_rows(db, "SELECT id, status FROM webhook_events"))
@@ -142,10 +78,9 @@ def test_events_survive_a_crash_and_are_done_exactly_once(tmp_path, servers):
     done_before = {event_id for event_id, status in before.items() if status == "done"}
     runs_before = Counter(event_id for (event_id,) in _rows(db, "SELECT id FROM runs"))
 
-    second = Gunicorn(env, log)
+    second = serve(env, sock, log)  # the same port: Rehive's webhook URL does not change
     servers.append(second)
-    wait_for(second.healthy, "the second server to start", log=log)
-    wait_for(lambda: done_count() == EVENTS, "every event to be done after the restart", log=log)
+    wait_for(lambda: done_count() == EVENTS, timeout=30, what="every event to be done after the restart")
 
     # Rehive, having seen our crash, delivers again: each is a duplicate and nothing runs again.
     for body in bodies:
