@@ -288,3 +288,39 @@ def test_the_inbox_is_wal_and_fsyncs_every_commit(inbox):
     conn = inbox.connection()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_a_live_worker_keeps_its_lease_while_a_handler_outlasts_it(settings):
+    lease = 0.3
+    app = create_app(settings.replace(webhook_lease_seconds=lease))
+    _store(webhooks_of(app).inbox, "slow")
+    runs: Counter[str] = Counter()
+    registry = Registry()
+
+    @registry.on("*")
+    def slow(event, client):
+        runs[event.id] += 1
+        time.sleep(lease * 5)
+
+    # Two pools, as two processes would have: the second must never take over the running event.
+    pools = [_pool(app, registry=registry, inbox=Inbox(settings.database_path)) for _ in range(2)]
+    for pool in pools:
+        pool.start()
+    try:
+        _wait_for(lambda: webhooks_of(app).inbox.counts() == {"done": 1}, what="the event to be done")
+    finally:
+        for pool in pools:
+            pool.stop()
+    assert runs == {"slow": 1}
+    assert webhooks_of(app).inbox.get("slow")[0]["attempts"] == 1
+
+
+def test_a_lost_lease_cannot_be_renewed(app):
+    inbox = webhooks_of(app).inbox
+    _store(inbox, 1)
+    now = time.time() + 1
+    first = inbox.claim_next(lease_seconds=1, now=now)
+    assert inbox.renew(first, lease_seconds=1, now=now + 0.5)
+    second = inbox.claim_next(lease_seconds=1, now=now + 2)  # the renewed lease ran out at now + 1.5
+    assert second is not None
+    assert not inbox.renew(first, lease_seconds=1, now=now + 2.1)

@@ -181,6 +181,16 @@ class Inbox:
             return None
         return Claim(lease_token=token, **dict(row))
 
+    def renew(self, claim: Claim, lease_seconds: float, now: float | None = None) -> bool:
+        """Extend the claim's lease from now; False if it was already lost to another worker."""
+        now = time.time() if now is None else now
+        cursor = self.connection().execute(
+            "UPDATE webhook_events SET due_at = ?, updated_at = ?"
+            " WHERE seq = ? AND status = 'processing' AND lease_token = ?",
+            (now + lease_seconds, now, claim.seq, claim.lease_token),
+        )
+        return cursor.rowcount == 1
+
     def finish(self, claim: Claim, now: float | None = None) -> bool:
         """Mark the claimed row done; False if the lease was lost to another worker meanwhile."""
         now = time.time() if now is None else now

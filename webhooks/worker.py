@@ -20,6 +20,9 @@ from webhooks.registry import Registry
 log = logging.getLogger("webhooks")
 
 POLL_SECONDS = 0.5  # how soon work from other processes and due retries is noticed
+# A live worker keeps renewing its lease, so only a dead one loses it; but a handler stuck this many
+# leases long is given up, so that another worker may try.
+MAX_RENEWED_LEASES = 10
 MAX_LOGGED_ERROR = 200
 
 
@@ -62,6 +65,8 @@ class WorkerPool:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._running: dict[int, tuple[Claim, float]] = {}  # seq -> (claim, monotonic start)
+        self._running_lock = threading.Lock()
 
     @property
     def running(self) -> bool:
@@ -103,6 +108,15 @@ class WorkerPool:
 
     def _run_handlers(self, claim: Claim) -> None:
         started = time.monotonic()
+        with self._running_lock:
+            self._running[claim.seq] = (claim, started)
+        try:
+            self._run_and_settle(claim, started)
+        finally:
+            with self._running_lock:
+                del self._running[claim.seq]
+
+    def _run_and_settle(self, claim: Claim, started: float) -> None:
         try:
             event = _event(claim)
             handlers = self.registry.handlers_for(claim.event)
@@ -172,6 +186,7 @@ class WorkerPool:
             threading.Thread(target=self._loop, name=f"webhooks-worker-{n}", daemon=True)
             for n in range(self.threads)
         ]
+        self._threads.append(threading.Thread(target=self._renew_leases, name="webhooks-lease", daemon=True))
         for thread in self._threads:
             thread.start()
         atexit.register(self.stop)
@@ -185,6 +200,22 @@ class WorkerPool:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+    def _renew_leases(self) -> None:
+        """Every third of a lease, extend the leases of the events our threads are running."""
+        lease = self.settings.webhook_lease_seconds
+        try:
+            while not self._stopping.wait(lease / 3):
+                with self._running_lock:
+                    running = list(self._running.values())
+                for claim, started in running:
+                    if time.monotonic() - started < lease * MAX_RENEWED_LEASES:
+                        try:
+                            self.inbox.renew(claim, lease, self.clock())
+                        except Exception:  # a busy database: the next round tries again
+                            log.exception("webhook lease renewal failed")
+        finally:
+            self.inbox.close()
 
     def _loop(self) -> None:
         try:
