@@ -35,6 +35,12 @@ def _without(name: str) -> dict:
     return _json(body)
 
 
+def _raw(field: str) -> dict:
+    """A body with one field written as raw JSON text (for what json.dumps would never write)."""
+    raw = f'{{"id": 1, "event": "x", "company": "{COMPANY}", "data": {{}}, {field}}}'
+    return {"data": raw, "content_type": "application/json"}
+
+
 def _with(**fields: object) -> dict:
     return _json({**webhook_body(), **fields})
 
@@ -83,6 +89,10 @@ HOSTILE = {
     "text/plain": (GOOD, {"data": json.dumps(webhook_body()), "content_type": "text/plain"}, 415),
     "form": (GOOD, {"data": {"id": "1"}}, 415),
     "no content type": (GOOD, {"data": json.dumps(webhook_body()), "content_type": ""}, 415),
+    # Valid JSON that is not text or not a number Python can write back (found by `make reliability`).
+    "id a lone surrogate": (GOOD, _raw('"id": "\\ud800"'), 400),
+    "event a lone surrogate": (GOOD, _raw('"event": "\\udfff"'), 400),
+    "number out of range": (GOOD, _raw('"data": {"amount": 1e999999}'), 400),
 }
 
 
@@ -93,6 +103,20 @@ def test_hostile_requests_are_refused_and_store_nothing(client, inbox, headers, 
     assert response.json["status"] == "error"
     assert response.json["message"]
     assert inbox.list_events() == []
+
+
+def test_a_chunked_body_over_the_limit_is_413_not_cut_and_stored(settings, inbox):
+    app = create_app(settings.replace(webhook_max_bytes=1_000))
+    body = json.dumps(webhook_body(data={"pad": "x" * 990})).encode()
+    assert len(body) > 1_000
+    response = app.test_client().post(
+        "/webhooks/",
+        headers={**GOOD, "Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        input_stream=io.BytesIO(body),
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+    assert response.status_code == 413
+    assert webhooks_of(app).inbox.list_events() == []
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,23 @@ def _refuse_constant(name: str) -> None:
     raise EnvelopeError(f"The body is not valid JSON ({name} is not JSON).")
 
 
+def _finite(text: str) -> float:
+    # 1e999 is valid JSON text, but Python reads it as inf, which no JSON encoder can write back.
+    value = float(text)
+    if not math.isfinite(value):
+        raise EnvelopeError(f"The body is not valid JSON ({text} is out of range).")
+    return value
+
+
+def _is_text(value: str) -> bool:
+    # "\ud800" is a valid JSON escape but not Unicode text: SQLite (and any UTF-8 encoder) refuse it.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _too_deep(value: Any, limit: int) -> bool:
     stack = [(value, 1)]
     while stack:
@@ -48,7 +66,7 @@ def parse_envelope(body: bytes) -> Envelope:
     except UnicodeDecodeError:
         raise EnvelopeError("The body is not UTF-8.") from None
     try:
-        payload = json.loads(text, parse_constant=_refuse_constant)
+        payload = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite)
     except EnvelopeError:
         raise
     except RecursionError:
@@ -72,6 +90,8 @@ def parse_envelope(body: bytes) -> Envelope:
     event = payload["event"]
     if not isinstance(event, str) or not event or len(event) > MAX_EVENT_LENGTH:
         raise EnvelopeError(f"Field 'event' must be a string of 1 to {MAX_EVENT_LENGTH} characters.")
+    if not (_is_text(event_id) and _is_text(event)):
+        raise EnvelopeError("Fields 'id' and 'event' must be Unicode text (no lone surrogates).")
     company = payload["company"]
     if not isinstance(company, str):
         raise EnvelopeError("Field 'company' must be a string.")

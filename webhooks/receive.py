@@ -43,8 +43,10 @@ def _read_body(max_bytes: int) -> bytes:
         mimetype.startswith("application/") and mimetype.endswith("+json")
     ):
         raise ApiError(415, "The body must be JSON (Content-Type: application/json).")
-    # Also caps what is read when no Content-Length was sent (a chunked body).
-    request.max_content_length = max_bytes
+    # Also caps what is read when no Content-Length was sent (a chunked body). One byte more than
+    # allowed: werkzeug stops a chunked body at this cap without an error, so a body cut exactly at
+    # max_bytes could not be told from a complete one, and its first max_bytes would be stored.
+    request.max_content_length = max_bytes + 1
     body = request.get_data(cache=False)
     if len(body) > max_bytes:
         raise ApiError(413, f"The body is larger than {max_bytes} bytes.")
