@@ -28,6 +28,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
     app.json.sort_keys = False
+    # No 308 (in HTML) from `/custom//transactions/` to `/custom/transactions/`: a 404 in JSON instead.
+    app.url_map.merge_slashes = False
     if settings.trusted_proxies:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)

@@ -269,3 +269,12 @@ def test_the_openapi_document_is_served(client):
     assert response.status_code == 200
     assert response.mimetype == "application/yaml"
     assert b"/custom/transactions/:" in response.data and b"/webhooks/:" in response.data
+
+
+@pytest.mark.parametrize(
+    "path", ["/custom//transactions/", "/custom/transactions/x", "//custom/transactions/"]
+)
+def test_near_miss_paths_are_json_404s_not_redirects(client, rsps, path):
+    response = client.get(path, headers=USER)
+    assert response.status_code == 404
+    assert response.json["status"] == "error"
