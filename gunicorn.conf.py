@@ -1,6 +1,10 @@
 """How `make run` serves the app: threaded workers, since each request mostly waits on Rehive."""
 
+import json
+import logging
 import os
+
+import gunicorn.util
 
 bind = os.environ.get("BIND", f"127.0.0.1:{os.environ.get('PORT', '8000')}")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -14,3 +18,28 @@ accesslog = "-"
 # Never log request headers: Authorization carries user tokens and the webhook secret.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 control_socket_disable = True  # several servers (tests, benchmarks) may run at once
+
+
+# Requests gunicorn cannot parse (a bad request line, header or length) are answered by gunicorn
+# itself, before the app: an HTML page that quotes the offending line, and a warning that logs it.
+# That line may hold a user's token or the webhook secret, and every error must be JSON: answer in
+# the service's envelope and log only the kind of error, never what was sent.
+def _json_error(sock, status_int, reason, mesg):  # same signature as gunicorn.util.write_error
+    body = json.dumps({"status": "error", "message": f"{reason}."}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+class _WithoutWhatWasSent(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Invalid request from ip="):
+            record.msg, record.args = message.split("'", 1)[0].rstrip(": "), ()
+        return True
+
+
+gunicorn.util.write_error = _json_error
+logging.getLogger("gunicorn.error").addFilter(_WithoutWhatWasSent())
