@@ -184,5 +184,9 @@ def start_service(
             raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{process.log()[-3000:]}")
         return requests.get(process.url + "/healthz", timeout=1).status_code == 200
 
-    wait_for(ready, timeout=30, what="the service to answer /healthz")
+    try:
+        wait_for(ready, timeout=30, what="the service to answer /healthz")
+    except BaseException:  # a timeout or a Ctrl-C: nobody else holds the process to stop it
+        process.kill()
+        raise
     return process
