@@ -18,9 +18,11 @@ run: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/python -m devtools.demo
 
+# The reliability suite (about a minute) runs before pytest, so that pytest's summary ends the output.
 test: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m reliability
 	$(BIN)/pytest
 
 # Throughput and latency against their floors, printed as one table (needs wrk: installed if missing).

@@ -1,0 +1,228 @@
+"""Check 6, access: a user sees only their own transactions, whatever they send; other companies are out.
+
+Alice tries every way to reach bob's (and the admin's, and another company's) transactions: user=,
+user__in, case and bracket variants, repeated parameters, bob's transaction ids, account and
+collection, pages beyond the end, orderings. Each answer is a 4xx refusal or a 200 holding only her
+own transactions, and every pagination link points at this service, never at Rehive; the next links
+are followed to the end. Users of another company are refused whatever they send.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from urllib.parse import quote
+
+import requests
+
+from reliability.hostile import build
+from reliability.stack import Result, Run, by_status, progress
+
+NAME = "access"
+MAX_PAGES = 40  # a bound on following next links
+
+
+class Judge:
+    """Check each answer for one caller; collect figures and problems."""
+
+    def __init__(self, run: Run, caller_id: str, own_ids: set[str]) -> None:
+        self.run = run
+        self.caller_id = caller_id
+        self.own_ids = own_ids
+        self.rehive_host = f"127.0.0.1:{run.rehive_port}"
+        self.service_url = run.shared_service().url
+        self.statuses: Counter[int] = Counter()
+        self.links = 0
+        self.problems: list[str] = []
+
+    def answer(self, what: str, status: int, body: object, token: str) -> None:
+        """Judge one answer (and the pages its next links lead to)."""
+        self.statuses[status] += 1
+        if status != 200:
+            if not 400 <= status < 500:  # a refusal is fine; anything else is not
+                self.problems.append(f"{what}: {status}")
+            return
+        pages = 0
+        while True:
+            data = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(data, dict) or not isinstance(data.get("results"), list):
+                self.problems.append(f"{what}: 200 without a list")
+                return
+            others = [
+                tx.get("id") for tx in data["results"] if (tx.get("user") or {}).get("id") != self.caller_id
+            ]
+            if others:
+                self.problems.append(f"{what}: {len(others)} transactions of someone else, e.g. {others[0]}")
+            strangers = [tx.get("id") for tx in data["results"] if tx.get("id") not in self.own_ids]
+            if strangers and not others:
+                self.problems.append(f"{what}: unknown transactions {strangers[:2]}")
+            for name in ("next", "previous"):
+                link = data.get(name)
+                if link is None:
+                    continue
+                self.links += 1
+                if self.rehive_host in link or not link.startswith(
+                    self.service_url + "/custom/transactions/"
+                ):
+                    self.problems.append(f"{what}: {name} link {link[:100]!r} does not point at this service")
+            pages += 1
+            following = data.get("next")
+            if not following or pages >= MAX_PAGES or not following.startswith(self.service_url):
+                return
+            response = self.run.seen.response(
+                self.run.session.get(following, headers={"Authorization": f"Token {token}"}, timeout=15)
+            )
+            self.statuses[response.status_code] += 1
+            if response.status_code != 200:
+                self.problems.append(f"{what}: following {following[:80]!r} gave {response.status_code}")
+                return
+            body = response.json()
+
+
+def _json(response: requests.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def run(run: Run) -> Result:
+    """Try every trick as alice (and a few as bob), then as users of another company."""
+    users = run.users()
+    alice_id, bob_id = users["alice@demo.test"]["id"], users["bob@demo.test"]["id"]
+    admin_id, mallory_id = users["admin@demo.test"]["id"], users["mallory@other.test"]["id"]
+    tokens = {email: run.login(email) for email in ("alice@demo.test", "bob@demo.test", "mallory@other.test")}
+    truth = {
+        user_id: run.control(f"transactions?company={company}&user={user_id}")
+        for user_id, company in (
+            (alice_id, "demo"),
+            (bob_id, "demo"),
+            (admin_id, "demo"),
+            (mallory_id, "other"),
+        )
+    }
+    bob_txs = truth[bob_id]
+    bob_tx, alice_tx = bob_txs[0], truth[alice_id][0]
+
+    def tricks(victim_id: str, victim_email: str, victim_txs: list[dict], own_tx: dict) -> list[str]:
+        victim_tx, victim_tx2 = victim_txs[0], victim_txs[1]
+        return [
+            "",
+            "page_size=250",
+            f"user={victim_id}",
+            f"user={quote(victim_email)}",
+            f"user={victim_email.split('@')[0]}",
+            f"user={admin_id}",
+            f"user={mallory_id}",
+            "user=",
+            f"user={victim_id}&page_size=250",
+            f"user={victim_id}&tx_type=credit",
+            f"id={victim_tx['id']}",
+            f"id__in={victim_tx['id']},{victim_tx2['id']}",
+            f"id__in={own_tx['id']},{victim_tx['id']}",
+            f"account={victim_tx['account']}",
+            f"account={victim_tx['account']}&user={victim_id}",
+            f"collection={victim_tx['collection']}",
+            f"parent={victim_tx['id']}",
+            f"reference={victim_tx.get('reference') or 'x'}",
+            "orderby=-amount",
+            "orderby=user",
+            "orderby=-user",
+            "page=2&page_size=1",
+            "page=999",
+            "page=last",
+            f"USER={victim_id}",
+            f"User={victim_id}",
+            f"user[]={victim_id}",
+            f"user%5B%5D={victim_id}",
+            f"%75ser={victim_id}",
+            f"user__in={victim_id}",
+            f"user__id={victim_id}",
+            f"user.id={victim_id}",
+            f"user={victim_id}&user={victim_id}",
+            f"user={own_tx['user']['id']}&user={victim_id}",
+            f"user={victim_id}%00",
+            f"user={victim_id};user={own_tx['user']['id']}",
+            f"page_size=1&user={victim_id}&page=2",
+            f"%20user={victim_id}",
+            f"user%20={victim_id}",
+        ]
+
+    headers_tricks = [
+        ("X-Forwarded-Host", f"127.0.0.1:{run.rehive_port}"),
+        ("X-Forwarded-For", "34.91.230.165"),
+        ("X-Original-URL", f"/custom/transactions/?user={bob_id}"),
+        ("X-Rewrite-URL", f"/custom/transactions/?user={bob_id}"),
+        ("X-Rehive-User", bob_id),
+        ("X-HTTP-Method-Override", "POST"),
+    ]
+    host = run.shared_service().url.removeprefix("http://")
+    judges = []
+    for caller, caller_id, victim_id, victim_email, victim_txs, own_tx in (
+        ("alice@demo.test", alice_id, bob_id, "bob@demo.test", bob_txs, alice_tx),
+        ("bob@demo.test", bob_id, alice_id, "alice@demo.test", truth[alice_id], bob_tx),
+    ):
+        token = tokens[caller]
+        judge = Judge(run, caller_id, {tx["id"] for tx in truth[caller_id]})
+        judges.append(judge)
+        for query in tricks(victim_id, victim_email, victim_txs, own_tx):
+            # Raw, so that the query reaches the service exactly as written.
+            target = "/custom/transactions/" + (f"?{query}" if query else "")
+            request = build("GET", target, [("Authorization", f"Token {token}")], host=host)
+            answer = run.raw(request, f"{caller} {query[:60]}")
+            body = json.loads(answer.body) if answer.status == 200 else None
+            judge.answer(f"{caller.split('@')[0]} ?{query[:60]}", answer.status, body, token)
+        for name, value in headers_tricks:
+            response = run.get("/custom/transactions/", token, headers={name: value})
+            judge.answer(f"{caller.split('@')[0]} {name}", response.status_code, _json(response), token)
+        # Everything of one's own is there too (a page of 250 holds every seeded transaction).
+        complete = run.get("/custom/transactions/", token, params={"page_size": "250"})
+        seen = {tx["id"] for tx in complete.json()["data"]["results"]}
+        if seen != judge.own_ids:
+            judge.problems.append(f"{caller}: sees {len(seen)} of their {len(judge.own_ids)} transactions")
+
+    # Not counted: links are built from the Host the caller sent (the README's "the host the request
+    # came to"), so a caller who names the stand-in's address as Host gets links to it.
+    spoofed = run.raw(
+        build(
+            "GET",
+            "/custom/transactions/?page_size=1",
+            [("Authorization", f"Token {tokens['alice@demo.test']}")],
+            host=f"127.0.0.1:{run.rehive_port}",
+        ),
+        "alice with the stand-in as Host",
+    )
+    reflected = spoofed.status == 200 and f"127.0.0.1:{run.rehive_port}" in spoofed.body.decode()
+
+    # Another company: refused whatever is asked.
+    outsiders: Counter[int] = Counter()
+    outsider_problems = []
+    for who, token in (
+        ("mallory", tokens["mallory@other.test"]),
+        ("other company's service", "local-other-admin-token"),
+    ):
+        for params in (
+            {},
+            {"user": alice_id},
+            {"user": mallory_id},
+            {"page_size": "250"},
+            {"id": alice_tx["id"]},
+        ):
+            response = run.get("/custom/transactions/", token, params=params)
+            outsiders[response.status_code] += 1
+            if response.status_code != 403:
+                outsider_problems.append(f"{who} {params}: {response.status_code}")
+
+    statuses = sum((judge.statuses for judge in judges), Counter())
+    links = sum(judge.links for judge in judges)
+    problems = [problem for judge in judges for problem in judge.problems] + outsider_problems
+    figures = (
+        f"{sum(statuses.values())} requests by alice and bob ({by_status(statuses)});"
+        f" someone else's transaction seen: {sum('someone else' in p for p in problems)};"
+        f" {links} pagination links, pointing at Rehive: {sum('does not point' in p for p in problems)};"
+        f" other company refused {outsiders[403]}/{sum(outsiders.values())};"
+        f" (not counted: a caller-sent Host is reflected in links: {'yes' if reflected else 'no'})"
+    )
+    progress(NAME, figures)
+    notes = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
+    return Result(NAME, figures, not problems, tuple(notes))

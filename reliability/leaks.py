@@ -1,0 +1,166 @@
+"""Check 5, leaks: the admin token and the webhook secret never come back out of the service.
+
+Both canaries are set for the whole run. This check runs last: it first provokes the answers and log
+lines most likely to quote a secret (a failing handler, tokens and secrets in the wrong place, a
+header line gunicorn cannot parse), then scans every answer the suite received (scanned as they
+arrived), every answer schemathesis recorded, every line of every gunicorn log, and every column of
+every row of every inbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+from reliability.hostile import build
+from reliability.stack import COMPANY, TIMEOUT, Result, Run, inbox_rows, progress
+
+NAME = "leaks"
+SETTLE_SECONDS = 10  # for the failing handler's first attempts to reach the log and the row
+
+
+def _provoke(run: Run) -> int:
+    """Send the requests most likely to make the service quote a secret; return how many."""
+    service = run.shared_service()
+    secret = run.canaries.webhook_secret
+    sent = 0
+    # A credit the savings handler fails on (the stand-in has no such user): its error and
+    # traceback go to the log and to the row.
+    failing = {
+        "id": str(uuid.UUID(int=run.seed, version=4)),
+        "event": "transaction.execute",
+        "company": COMPANY,
+        "data": {
+            "id": "tx-of-nobody",
+            "tx_type": "credit",
+            "status": "Complete",
+            "amount": 12_345,
+            "user": {"id": "no-such-user"},
+            "account": "0000000099",
+            "currency": {"code": "USD"},
+        },
+    }
+    response = run.session.post(
+        service.url + "/webhooks/",
+        data=json.dumps(failing),
+        headers={"Authorization": f"Secret {secret}", "Content-Type": "application/json"},
+        timeout=TIMEOUT,
+    )
+    run.seen.response(response)
+    sent += 1
+    # Secrets in the wrong place: the webhook secret as a user token (forwarded to Rehive's /auth/,
+    # refused there), the admin token as a webhook secret, either one on paths that do not exist.
+    for path, authorization in [
+        ("/custom/transactions/", f"Token {secret}"),
+        ("/custom/transactions/", f"Secret {secret}"),
+        ("/custom/transactions/", f"Token {run.canaries.admin_token}x"),
+        ("/webhooks/", f"Secret {run.canaries.admin_token}"),
+        ("/webhooks/", f"Token {secret}"),
+        ("/nowhere/", f"Secret {secret}"),
+    ]:
+        method = "POST" if path == "/webhooks/" else "GET"
+        response = run.session.request(
+            method,
+            service.url + path,
+            data=b"{}" if method == "POST" else None,
+            headers={"Authorization": authorization, "Content-Type": "application/json"},
+            timeout=TIMEOUT,
+        )
+        run.seen.response(response)
+        sent += 1
+    # A delivery whose Authorization line lost its colon, one with a control character in the
+    # secret, and one with a header too long: gunicorn refuses each before the app sees it.
+    body = json.dumps({**failing, "id": "leak-probe"}).encode()
+    no_colon = build("POST", "/webhooks/", [("Content-Type", "application/json")], body).replace(
+        b"\r\nConnection: close", f"\r\nAuthorization Secret {secret}\r\nConnection: close".encode()
+    )
+    for name, request in [
+        ("no colon", no_colon),
+        ("control character", build("POST", "/webhooks/", [("Authorization", f"Secret {secret}\x01")], body)),
+        (
+            "too long",
+            build("POST", "/webhooks/", [("Authorization", f"Secret {secret}" + "x" * 9_000)], body),
+        ),
+    ]:
+        run.raw(request, f"malformed delivery ({name})")
+        sent += 1
+    return sent
+
+
+def _scan_logs(run: Run) -> tuple[int, list[str]]:
+    lines, leaks = 0, []
+    for path in run.logs:
+        if not path.exists():
+            continue
+        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+            lines += 1
+            for name in run.canaries.found_in(line):
+                leaks.append(f"{name} in {path.name} line {number}: {line[:160]!r}")
+    return lines, leaks
+
+
+def _scan_databases(run: Run) -> tuple[int, int, list[str]]:
+    rows = cells = 0
+    leaks = []
+    for path in run.databases:
+        if not path.exists():
+            continue
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as conn:
+            tables = [name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for table in tables:
+                for row in conn.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 - names from sqlite_master
+                    rows += 1
+                    for value in row:
+                        cells += 1
+                        blob = value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
+                        for name in run.canaries.found_in(blob):
+                            leaks.append(f"{name} in {path.name} table {table}: {blob[:120]!r}")
+    return rows, cells, leaks
+
+
+def _scan_har(run: Run) -> tuple[int, list[str]]:
+    answers, leaks = 0, []
+    for path in run.har_files:
+        for entry in json.loads(Path(path).read_text())["log"]["entries"]:
+            answers += 1
+            response = entry["response"]
+            blob = json.dumps(response["headers"]) + (response.get("content") or {}).get("text", "")
+            for name in run.canaries.found_in(blob.encode("utf-8", "replace")):
+                leaks.append(
+                    f"{name} in schemathesis' {response['status']} answer to {entry['request']['url'][:80]}"
+                )
+    return answers, leaks
+
+
+def run(run: Run) -> Result:
+    """Provoke, wait for the failing handler to be logged, then scan answers, logs and rows."""
+    database = run.workdir / "service.sqlite3"
+    sent = _provoke(run)
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < deadline and not _failed_once(database):
+        time.sleep(0.2)
+    progress(NAME, f"sent {sent} provoking requests; inbox holds {inbox_rows(database)} rows; scanning")
+    lines, log_leaks = _scan_logs(run)
+    rows, cells, row_leaks = _scan_databases(run)
+    har_answers, har_leaks = _scan_har(run)
+    answers = run.seen.answers + har_answers
+    leaks = run.seen.leaks + har_leaks + log_leaks + row_leaks
+    figures = (
+        f"canaries: admin token {run.canaries.admin_token!r}, webhook secret canary-secret-<random>;"
+        f" scanned {answers} answers ({run.seen.answers} ours, {har_answers} schemathesis'),"
+        f" {lines} log lines in {len(run.logs)} logs, {rows} rows ({cells} cells) in"
+        f" {len(run.databases)} inboxes; found in answers {len(run.seen.leaks) + len(har_leaks)},"
+        f" in logs {len(log_leaks)}, in rows {len(row_leaks)}"
+    )
+    notes = leaks[:8] + ([f"... and {len(leaks) - 8} more"] if len(leaks) > 8 else [])
+    return Result(NAME, figures, not leaks and answers > 0 and lines > 0 and rows > 0, tuple(notes))
+
+
+def _failed_once(database: Path) -> bool:
+    with contextlib.closing(sqlite3.connect(database, timeout=10)) as conn:
+        row = conn.execute("SELECT count(*) FROM webhook_events WHERE last_error IS NOT NULL").fetchone()
+    return bool(row[0])
