@@ -62,7 +62,10 @@ class WorkerPool:
         self.clock = clock
         self.poll_seconds = poll_seconds
         self.settings = app.config["SETTINGS"]
-        self._wake = threading.Event()
+        # One wake-up per stored event, for one thread: waking them all for one row makes every
+        # thread race for the write lock and all but one of them find nothing.
+        self._wake = threading.Condition()
+        self._wakeups = 0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: dict[int, tuple[Claim, float]] = {}  # seq -> (claim, monotonic start)
@@ -74,8 +77,10 @@ class WorkerPool:
         return any(thread.is_alive() for thread in self._threads)
 
     def wake(self) -> None:
-        """Make idle workers look for work now (called after a new event is stored)."""
-        self._wake.set()
+        """Make one idle worker look for work now (called after a new event is stored)."""
+        with self._wake:
+            self._wakeups += 1
+            self._wake.notify()
 
     # -- one unit of work --------------------------------------------------------------------
 
@@ -196,7 +201,8 @@ class WorkerPool:
         """Ask the threads to stop after their current event, and wait up to `timeout` seconds."""
         atexit.unregister(self.stop)
         self._stopping.set()
-        self._wake.set()
+        with self._wake:
+            self._wake.notify_all()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -220,14 +226,17 @@ class WorkerPool:
     def _loop(self) -> None:
         try:
             while not self._stopping.is_set():
-                # Clear before looking, so a wake-up that arrives while we look is not lost.
-                self._wake.clear()
+                # Note the wake-ups before looking, so one that arrives while we look is not lost.
+                with self._wake:
+                    seen = self._wakeups
                 try:
                     busy = self.process_one()
                 except Exception:  # a locked or broken database must not kill the thread
                     log.exception("webhook worker error; trying again in %.1fs", self.poll_seconds)
                     busy = False
                 if not busy:
-                    self._wake.wait(self.poll_seconds)
+                    with self._wake:
+                        if self._wakeups == seen and not self._stopping.is_set():
+                            self._wake.wait(self.poll_seconds)
         finally:
             self.inbox.close()
