@@ -60,7 +60,7 @@ def test_verify_secret_with_no_secret_configured_refuses_everything():
 def test_parse_envelope_makes_the_id_text():
     body = json.dumps({"id": 12, "event": "a.b", "company": "c", "data": {"x": 1}, "extra": True})
     envelope = parse_envelope(body.encode())
-    assert (envelope.id, envelope.event, envelope.company, envelope.data) == ("12", "a.b", "c", {"x": 1})
+    assert (envelope.id, envelope.name, envelope.company, envelope.data) == ("12", "a.b", "c", {"x": 1})
     assert parse_envelope(body.replace("12", '"12"').encode()).id == "12"
 
 

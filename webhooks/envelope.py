@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from typing import Any
+
+from webhooks.events import Event
 
 MAX_ID_LENGTH = 100
 MAX_EVENT_LENGTH = 100
@@ -14,16 +15,6 @@ MAX_DEPTH = 64  # real payloads nest a few levels; deeper is an attack on whoeve
 
 class EnvelopeError(ValueError):
     """The body is not a delivery we can store; the message says what is wrong."""
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """A delivery's identity and its decoded data; `id` is always text (1 and "1" are one event)."""
-
-    id: str
-    event: str
-    company: str
-    data: dict[str, Any]
 
 
 def _refuse_constant(name: str) -> None:
@@ -59,7 +50,7 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-def parse_envelope(body: bytes) -> Envelope:
+def parse_envelope(body: bytes) -> Event:
     """Decode and check a delivery body, or raise EnvelopeError naming the problem."""
     try:
         text = body.decode("utf-8")
@@ -98,4 +89,4 @@ def parse_envelope(body: bytes) -> Envelope:
     data = payload["data"]
     if not isinstance(data, dict):
         raise EnvelopeError("Field 'data' must be an object.")
-    return Envelope(id=event_id, event=event, company=company, data=data)
+    return Event(company=company, id=event_id, name=event, data=data)

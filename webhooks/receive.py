@@ -73,16 +73,16 @@ def receive() -> tuple[Response, int]:
         raise ApiError(403, "This webhook is for another company.")
 
     try:
-        stored = state.inbox.insert(envelope.company, envelope.id, envelope.event, body.decode("utf-8"))
+        stored = state.inbox.insert(envelope.company, envelope.id, envelope.name, body.decode("utf-8"))
     except sqlite3.Error:
         # Not stored, so not acknowledged: Rehive delivers it again later.
         log.exception(
-            "webhook not stored company=%s id=%r event=%s", envelope.company, envelope.id, envelope.event
+            "webhook not stored company=%s id=%r event=%s", envelope.company, envelope.id, envelope.name
         )
         raise ApiError(503, "The event could not be stored; retry later.", {"Retry-After": "30"}) from None
     if not stored:
-        log.info("webhook duplicate company=%s id=%r event=%s", envelope.company, envelope.id, envelope.event)
+        log.info("webhook duplicate company=%s id=%r event=%s", envelope.company, envelope.id, envelope.name)
         return jsonify(status="success"), 200
     state.pool.wake()
-    log.info("webhook received company=%s id=%r event=%s", envelope.company, envelope.id, envelope.event)
+    log.info("webhook received company=%s id=%r event=%s", envelope.company, envelope.id, envelope.name)
     return jsonify(status="success"), 202
