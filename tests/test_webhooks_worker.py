@@ -284,9 +284,12 @@ def test_a_broken_row_fails_without_killing_the_worker(app):
     assert row["last_error"].startswith("JSONDecodeError")
 
 
-def test_the_inbox_is_wal_and_fsyncs_every_commit(inbox):
+def test_the_inbox_is_wal_and_fsyncs_every_stored_delivery(inbox):
     conn = inbox.connection()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    inbox.claim_next(lease_seconds=1)  # bookkeeping: committed without waiting for the disk
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    _store(inbox, 1)  # a delivery: fsync'd before insert returns
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
