@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -106,10 +107,29 @@ def test_replay_puts_a_dead_event_back_and_it_is_processed(runner, app):
     assert "Replayed acme/7 (test.event): dead -> received, attempts reset." in result.output
     [row] = webhooks_of(app).inbox.get("7")
     assert (row["status"], row["attempts"]) == ("received", 0)
-    drained = runner.invoke(args=["webhooks", "work", "--drain"])
-    assert drained.output == "Processed 1 event(s).\n"
+    drained = runner.invoke(args=["webhooks", "work", "--drain", "--threads", "1"])
+    assert drained.output == "Processed 1 event(s) with 1 thread(s).\n"
     assert runs == ["7"]
     assert webhooks_of(app).inbox.get("7")[0]["status"] == "done"
+
+
+def test_work_drain_uses_its_threads_and_runs_each_event_once(runner, app):
+    runs = []
+    threads_seen = set()
+
+    def record(event, client):
+        runs.append(event.id)
+        threads_seen.add(threading.get_ident())
+        time.sleep(0.01)  # long enough for the other threads to claim their own events
+
+    webhooks_of(app).registry.on("test.event")(record)
+    for n in range(30):
+        _store(app, n)
+    drained = runner.invoke(args=["webhooks", "work", "--drain", "--threads", "3"])
+    assert drained.output == "Processed 30 event(s) with 3 thread(s).\n"
+    assert sorted(runs) == sorted(str(n) for n in range(30))
+    assert len(threads_seen) == 3
+    assert webhooks_of(app).inbox.counts() == {"done": 30}
 
 
 def test_replay_a_done_event_runs_it_again(runner, app):

@@ -146,10 +146,6 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def work_command(threads: int | None, drain: bool) -> None:
     """Process events in the foreground until Ctrl-C (for WEBHOOK_WORKER=off deployments)."""
     state = webhooks_of()
-    if drain:
-        count = state.pool.drain()
-        click.echo(f"Processed {count} event(s).")
-        return
     settings = current_app.config["SETTINGS"]
     pool = WorkerPool(
         current_app._get_current_object(),  # type: ignore[attr-defined]
@@ -157,6 +153,10 @@ def work_command(threads: int | None, drain: bool) -> None:
         state.registry,
         threads=threads or settings.webhook_worker_threads,
     )
+    if drain:
+        count = pool.drain(pool.threads)
+        click.echo(f"Processed {count} event(s) with {pool.threads} thread(s).")
+        return
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: finish the events in hand
     pool.start()
     click.echo(f"Processing webhooks with {pool.threads} thread(s); Ctrl-C to stop.")

@@ -104,12 +104,30 @@ class WorkerPool:
         self._run_handlers(claim)
         return True
 
-    def drain(self) -> int:
-        """Process events until none is due; return how many were claimed or buried."""
-        count = 0
-        while self.process_one():
-            count += 1
-        return count
+    def drain(self, threads: int = 1) -> int:
+        """Process events until none is due, on `threads` threads; return how many were handled."""
+        counts = [0] * threads
+
+        def run(slot: int) -> None:
+            while self.process_one():
+                counts[slot] += 1
+
+        if threads == 1:
+            run(0)
+            return counts[0]
+
+        def run_in_thread(slot: int) -> None:
+            try:
+                run(slot)
+            finally:
+                self.inbox.close()
+
+        workers = [threading.Thread(target=run_in_thread, args=(slot,)) for slot in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        return sum(counts)
 
     def _run_handlers(self, claim: Claim) -> None:
         started = time.monotonic()
