@@ -8,7 +8,6 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from rehive_client import (
-    RehiveBadResponse,
     RehiveError,
     RehiveForbidden,
     RehiveRateLimited,
@@ -54,9 +53,7 @@ def from_rehive(error: RehiveError) -> ApiError:
         log.error("Rehive refused the admin token (%s); check REHIVE_ADMIN_TOKEN", error.status)
         return ApiError(502, "The service is misconfigured: Rehive refused its credentials.")
     if isinstance(error, RehiveRequestError) and error.status in (400, 404):
-        return ApiError(error.status, error.message)
-    if isinstance(error, RehiveBadResponse | RehiveRequestError):
-        return ApiError(502, "Rehive gave an unexpected answer.")
+        return ApiError(error.status, error.message)  # e.g. a filter value Rehive refuses, a page too far
     return ApiError(502, "Rehive gave an unexpected answer.")
 
 
