@@ -7,8 +7,10 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 
 import pytest
+from responses import matchers
 
 from app import create_app
 from settings import ConfigError
@@ -281,8 +283,6 @@ def test_an_invalid_allow_list_stops_the_app_from_starting(settings):
 
 
 def test_the_company_is_learned_from_rehive_once_when_not_configured(settings, rsps):
-    from responses import matchers
-
     rsps.get(
         API + "auth/",
         json={"status": "success", "data": {"id": "svc", "company": COMPANY}},
@@ -295,6 +295,25 @@ def test_the_company_is_learned_from_rehive_once_when_not_configured(settings, r
     other = client.post("/webhooks/", headers=GOOD, json=webhook_body(event_id=3, company="other"))
     assert other.status_code == 403
     assert len(rsps.calls) == 1
+
+
+def test_a_serving_app_learns_its_company_at_start_so_deliveries_never_wait_on_rehive(settings, rsps):
+    rsps.get(
+        API + "auth/",
+        json={"status": "success", "data": {"id": "svc", "company": COMPANY}},
+        match=[matchers.header_matcher({"Authorization": f"Token {ADMIN_TOKEN}"})],
+    )
+    app = create_app(settings.replace(company=None, webhook_worker="thread"))
+    try:
+        deadline = time.monotonic() + 10
+        while len(rsps.calls) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(rsps.calls) == 1  # asked once, before any delivery
+        response = app.test_client().post("/webhooks/", headers=GOOD, json=webhook_body(event_id=1))
+        assert response.status_code == 202
+        assert len(rsps.calls) == 1
+    finally:
+        webhooks_of(app).pool.stop()
 
 
 def test_concurrent_duplicate_deliveries_store_and_run_once(app, inbox):

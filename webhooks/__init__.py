@@ -7,17 +7,25 @@
 
 from __future__ import annotations
 
+import logging
+import threading
+
 import click
 from flask import Flask
 from flask.cli import FlaskGroup, get_debug_flag
 from werkzeug.serving import is_running_from_reloader
 
+from auth import our_company
+from errors import ApiError
+from rehive_client import RehiveError
 from webhooks import cli, receive, savings
 from webhooks.events import Event, derived_key, idempotency_key
 from webhooks.extension import Webhooks, parse_networks, secrets_of, webhooks_of
 from webhooks.inbox import Inbox
 from webhooks.registry import Handler, Registry, on, registry
 from webhooks.worker import WorkerPool
+
+log = logging.getLogger("webhooks")
 
 __all__ = [
     "Event",
@@ -74,4 +82,15 @@ def init_app(app: Flask) -> Webhooks:
     app.cli.add_command(cli.group)
     if settings.webhook_worker == "thread" and serves_requests():
         state.pool.start()
+        if settings.company is None:
+            # Learn our company now, off the request path, so that a delivery does not wait on Rehive.
+            threading.Thread(target=_learn_company, args=(app,), name="learn-company", daemon=True).start()
     return state
+
+
+def _learn_company(app: Flask) -> None:
+    with app.app_context():
+        try:
+            our_company()
+        except (RehiveError, ApiError) as exc:  # the first request that needs it asks again
+            log.warning("could not learn our company from Rehive yet: %s", type(exc).__name__)
