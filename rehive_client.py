@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import logging
+import os
 import random
 import threading
 import time
@@ -103,6 +104,7 @@ class RehiveClient:
             # Proxies and CA bundle are resolved once here, not on every call: with trust_env
             # requests re-reads the environment and ~/.netrc per request.
             session.proxies = requests.utils.get_environ_proxies(self.api_url)
+            session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
             session.trust_env = False
             # A Set-Cookie from Rehive must never ride along on a later call for someone else.
             session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))

@@ -163,3 +163,14 @@ def test_each_thread_gets_its_own_session_and_no_cookies_are_kept(rehive, rsps):
 
 def test_repr_never_shows_the_token(rehive):
     assert "admin-tok" not in repr(rehive)
+
+
+def test_proxies_and_the_ca_bundle_come_from_the_environment_once(monkeypatch):
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/corporate-ca.pem")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    session = RehiveClient(API).session
+    assert session.verify == "/etc/corporate-ca.pem"
+    assert session.proxies["https"] == "http://proxy.internal:3128"
+    assert session.trust_env is False  # not re-read (with ~/.netrc) on every call
