@@ -66,9 +66,14 @@ class Process:
         return self.proc.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL the process and its children, as a crash would; a listening socket stays open."""
+        """SIGKILL the process and its children, as a crash would; a listening socket stays open.
+
+        Returns once every process of the group is dead, not just the one we started: a gunicorn
+        worker outlives its master by a few milliseconds, long enough to commit one more write.
+        """
         _signal_group(self.proc, signal.SIGKILL)
         self.proc.wait(timeout=10)
+        wait_for(lambda: not _group_running(self.proc.pid), timeout=10, what="the process group to die")
         self._release()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -94,6 +99,18 @@ class Process:
     def log(self) -> str:
         """Return what the process wrote to its log so far."""
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+
+def _group_running(pgid: int) -> bool:
+    """Tell whether any process of group `pgid` still runs (a zombie no longer does)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _ppid, group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if int(group) == pgid and state not in ("Z", "X"):
+            return True
+    return False
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
