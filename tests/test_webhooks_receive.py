@@ -220,6 +220,26 @@ def test_a_storage_failure_is_503_not_an_acknowledgement(app, post_webhook, monk
     assert response.headers["Retry-After"]
 
 
+def test_a_lock_failure_is_503_and_the_next_delivery_is_stored(app, post_webhook, inbox, monkeypatch):
+    import webhooks.inbox
+
+    real_flock = webhooks.inbox.fcntl.flock
+    failures = iter([OSError("no locks on this filesystem")])
+
+    def flaky_flock(fd, operation):
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(webhooks.inbox.fcntl, "flock", flaky_flock)
+    refused = post_webhook(webhook_body(event_id=1))
+    assert refused.status_code == 503
+    assert inbox.list_events() == []
+    assert post_webhook(webhook_body(event_id=1)).status_code == 202  # Rehive's retry
+    assert [row["id"] for row in inbox.list_events()] == ["1"]
+
+
 def test_the_previous_secret_is_accepted_while_rotating(settings, inbox):
     app = create_app(settings.replace(webhook_secret="new-secret", webhook_secret_previous="old-secret"))
     client = app.test_client()

@@ -203,17 +203,17 @@ class Inbox:
             if queued.stored is None and queued.error is None:  # no other thread committed it yet
                 with self._queue_lock:
                     batch, self._queue = self._queue, []
-                with self._file_lock():
-                    self._commit(batch)
+                self._commit(batch)
         if queued.error is not None:
             raise queued.error
         assert queued.stored is not None
         return queued.stored
 
     def _commit(self, batch: list[_Queued]) -> None:
-        conn = self.connection()
+        """Store `batch` in one transaction and settle every item of it, stored or failed."""
         try:
-            with self._transaction(conn):
+            conn = self.connection()
+            with self._file_lock(), self._transaction(conn):
                 stored = [
                     conn.execute(
                         "INSERT INTO webhook_events (company, id, event, body, due_at, received_at,"

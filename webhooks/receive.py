@@ -74,7 +74,7 @@ def receive() -> tuple[Response, int]:
 
     try:
         stored = state.inbox.insert(envelope.company, envelope.id, envelope.name, body.decode("utf-8"))
-    except sqlite3.Error:
+    except (sqlite3.Error, OSError):  # the database, or its lock file
         # Not stored, so not acknowledged: Rehive delivers it again later.
         log.exception(
             "webhook not stored company=%s id=%r event=%s", envelope.company, envelope.id, envelope.name
