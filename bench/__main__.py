@@ -39,7 +39,7 @@ from typing import Any
 import requests
 
 from devtools.processes import ROOT, Process, service_env, start_local_rehive, start_service
-from devtools.run_local import LOCAL_ADMIN_TOKEN
+from devtools.stand_in import LOCAL_ADMIN_TOKEN
 
 OUT = ROOT / "bench" / "out"
 LOAD_SCRIPT = Path(__file__).with_name("load.lua")  # wrk's own request, as fast as it goes

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 
 from app import create_app
-from devtools.run_local import LOCAL_ADMIN_TOKEN
+from devtools.stand_in import LOCAL_ADMIN_TOKEN
 from rehive_client import RehiveClient
 from settings import Settings
 from webhooks import Event, webhooks_of

@@ -16,7 +16,8 @@ from pathlib import Path
 import requests
 
 from devtools.processes import start_local_rehive, start_service, wait_for
-from devtools.run_local import LOCAL_ADMIN_TOKEN, local_env, register_webhooks
+from devtools.run_local import local_env, register_webhooks
+from devtools.stand_in import LOCAL_ADMIN_TOKEN, StandIn
 from webhooks.inbox import Inbox
 
 SAVINGS_PERCENT = 10
@@ -60,22 +61,15 @@ class Demo:
     """The running stand-in and service, and the calls the demo makes to them."""
 
     def __init__(self, rehive_url: str, service_url: str, database: Path) -> None:
-        self.rehive = rehive_url
+        self.stand_in = StandIn(rehive_url)
         self.service = service_url
         self.database = database
-        self.http = requests.Session()
 
     def login(self, email: str, password: str, company: str = "demo") -> str:
-        response = self.http.post(
-            f"{self.rehive}/3/auth/login/",
-            json={"user": email, "company": company, "password": password},
-            timeout=10,
-        )
-        check(response.status_code == 200, f"login of {email} answered {response.status_code}")
-        return response.json()["data"]["token"]
+        return self.stand_in.login(email, password, company)
 
     def custom_transactions(self, token: str, **params: str) -> requests.Response:
-        return self.http.get(
+        return self.stand_in.http.get(
             f"{self.service}/custom/transactions/",
             params=params,
             headers={"Authorization": f"Token {token}"},
@@ -83,18 +77,12 @@ class Demo:
         )
 
     def admin(self, method: str, path: str, **kwargs) -> dict:
-        response = self.http.request(
-            method,
-            f"{self.rehive}/3/{path}",
-            headers={"Authorization": f"Token {LOCAL_ADMIN_TOKEN}"},
-            timeout=10,
-            **kwargs,
-        )
+        response = self.stand_in.admin(method, path, **kwargs)
         check(response.ok, f"stand-in {method} {path} answered {response.status_code}")
         return response.json()
 
     def control(self, path: str) -> list | dict:
-        return self.http.get(f"{self.rehive}/_control/{path}", timeout=10).json()
+        return self.stand_in.control(path)
 
     def inbox(self) -> list[dict]:
         store = Inbox(str(self.database))

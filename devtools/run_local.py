@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from devtools.processes import ROOT, listening_socket, service_env, start_local_rehive, start_service
+from devtools.stand_in import LOCAL_ADMIN_TOKEN
 from rehive_client import RehiveClient, RehiveRequestError
 
-LOCAL_ADMIN_TOKEN = "local-demo-admin-token"  # the stand-in's seeded service user; not a secret
 LOCAL_DATABASE = Path("instance/local.sqlite3")
 # The CLI needs a complete configuration; listing the inbox uses none of the secrets.
 INBOX_COMMAND = (

@@ -6,10 +6,10 @@ import os
 import secrets
 
 import pytest
-import requests
 
 from devtools.processes import service_env, start_local_rehive, start_service
-from devtools.run_local import LOCAL_ADMIN_TOKEN, register_webhooks
+from devtools.run_local import register_webhooks
+from devtools.stand_in import LOCAL_ADMIN_TOKEN, StandIn
 
 
 @pytest.fixture
@@ -52,39 +52,9 @@ def start(tmp_path, rehive, webhook_secret):
         service.stop()
 
 
-class Rehive:
-    """Calls a test makes to the stand-in: logging in, its admin API, its control endpoint."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def login(self, email: str, password: str, company: str = "demo") -> str:
-        response = requests.post(
-            f"{self.url}/3/auth/login/",
-            json={"user": email, "company": company, "password": password},
-            timeout=10,
-        )
-        response.raise_for_status()
-        return response.json()["data"]["token"]
-
-    def admin(self, method: str, path: str, **kwargs) -> requests.Response:
-        return requests.request(
-            method,
-            f"{self.url}/3/{path}",
-            headers={"Authorization": f"Token {LOCAL_ADMIN_TOKEN}"},
-            timeout=10,
-            **kwargs,
-        )
-
-    def control(self, path: str = "", **settings):
-        if settings:
-            response = requests.post(f"{self.url}/_control/{path}", json=settings, timeout=10)
-        else:
-            response = requests.get(f"{self.url}/_control/{path}", timeout=10)
-        response.raise_for_status()
-        return response.json()
-
-
 @pytest.fixture
-def stand_in(rehive) -> Rehive:
-    return Rehive(rehive.url)
+def stand_in(rehive):
+    """Calls to the stand-in: log in as an app, act as the platform, read its control API."""
+    client = StandIn(rehive.url)
+    yield client
+    client.close()
