@@ -435,6 +435,7 @@ def create_webhook() -> Any:
         fields.get("secret", ""),
         fields.get("condition"),
         fields.get("enabled", True),
+        creator=g.user,  # a service's user ties the webhook to that service
     )
     return _ok(shapes.webhook(webhook), 201)
 

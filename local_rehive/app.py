@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Flask
 
-from local_rehive import api, control
+from local_rehive import api, control, services
 from local_rehive.errors import register_error_handlers
 from local_rehive.knobs import FaultInjector, Knobs
 from local_rehive.state import Platform
@@ -23,6 +23,7 @@ def create_app(*, seed: int = DEFAULT_SEED, webhook_timeout: float = 5.0, **knob
     app.extensions["local_rehive"] = platform
     app.register_blueprint(api.bp)
     app.register_blueprint(control.bp)
+    services.init_app(app)
     register_error_handlers(app)
     app.wsgi_app = FaultInjector(app.wsgi_app, lambda: platform.knobs)  # type: ignore[method-assign]
     return app

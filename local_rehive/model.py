@@ -86,6 +86,7 @@ class User:
     created: int
     updated: int
     mobile: str | None = None
+    active: bool = True  # a deactivated user's tokens stop working (Rehive deactivates service users)
 
     @property
     def identifier(self) -> str:
@@ -137,6 +138,24 @@ class Transaction:
 
 
 @dataclass
+class Service:
+    """A company's private service (extension): where the platform calls it, and whether it is active."""
+
+    id: int
+    company: str
+    slug: str
+    name: str
+    description: str | None
+    tags: list[str]
+    url: str
+    management_url: str | None
+    active: bool = False
+    user_id: str | None = None  # the service-group user of the latest activation
+    # That user's token, kept to post it to /deactivate/ as Rehive does; never rendered or logged.
+    token: str | None = field(default=None, repr=False)
+
+
+@dataclass
 class Webhook:
     """A company's subscription of one URL to one event."""
 
@@ -150,6 +169,7 @@ class Webhook:
     archived: bool
     created: int
     updated: int
+    service: Service | None = None  # set when a service's user created it: locked while it is active
 
 
 @dataclass(frozen=True)

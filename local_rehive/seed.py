@@ -24,6 +24,9 @@ PEOPLE = (
     ("other", "mallory@other.test", "mallory-pass-123", "user", "Mallory", "Moriarty"),
 )
 SERVICES = (("demo", DEMO_SERVICE_TOKEN), ("other", OTHER_SERVICE_TOKEN))
+# Company `other`'s admin, who can install services there. Created after everything else, with no
+# history, so that every earlier seeded id, amount and account reference stays what it was.
+OTHER_ADMIN = ("other", "admin@other.test", "admin-pass-123", "admin", "Olga", "Admin")
 # Each person's history, oldest first: (tx_type, status, currency). Credits come first and are larger
 # than any debit, so no balance ever goes negative.
 HISTORY = (
@@ -67,6 +70,7 @@ def seed_store(store: Store, seed: int) -> None:
             ),
             at=SEED_EPOCH_MS + 200 * DAY_MS,
         )
+        _person(store, *OTHER_ADMIN)
 
 
 def _person(store: Store, company: str, email: str, password: str, group: str, first: str, last: str) -> User:

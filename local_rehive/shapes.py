@@ -1,8 +1,8 @@
-"""Render the stand-in's records as the JSON objects Rehive returns (rehive-api.md §1.3, §3.3, §4.5)."""
+"""Render the stand-in's records as the JSON objects Rehive returns (rehive-api.md §1.3, §3.3, §4.5, §6)."""
 
 from __future__ import annotations
 
-from local_rehive.model import GROUPS, Account, Currency, Transaction, User, Webhook
+from local_rehive.model import GROUPS, Account, Currency, Service, Transaction, User, Webhook
 from local_rehive.store import Store
 
 
@@ -208,8 +208,33 @@ def webhook(value: Webhook) -> dict:
         "secret": value.secret,
         "condition": value.condition,
         "enabled": value.enabled,
-        "service": None,
+        "service": reduced_service(value.service) if value.service else None,
         "archived": value.archived,
         "created": value.created,
         "updated": value.updated,
     }
+
+
+def service(value: Service) -> dict:
+    """Render an admin service object (SPEC-A `AdminService`); the token is never part of it."""
+    return {
+        "id": value.id,
+        "company": value.company,
+        "slug": value.slug,
+        "type": "private",
+        "name": value.name,
+        "description": value.description,
+        "tags": list(value.tags),
+        "verified": False,
+        "public": False,
+        "url": value.url,
+        "management_url": value.management_url,
+        "terms_and_conditions_url": None,
+        "website_url": None,
+        "active": value.active,
+    }
+
+
+def reduced_service(value: Service) -> dict:
+    """Render the short service object found on webhooks and the company (SPEC-A `ReducedService`)."""
+    return {"id": value.id, "slug": value.slug, "name": value.name, "url": value.url, "type": "private"}

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import itertools
 import random
+import re
 import secrets
 import threading
 import uuid
@@ -23,6 +24,7 @@ from local_rehive.model import (
     Currency,
     Leg,
     Movement,
+    Service,
     Token,
     Transaction,
     Transfer,
@@ -34,6 +36,7 @@ from local_rehive.model import (
 DEFAULT_SESSION_SECONDS = 10 * 3600  # Rehive's default token lifetime
 LOGIN_FAILED = "Unable to log in with provided credentials."
 DUPLICATE_WEBHOOK = "A webhook with the url and event already exists"
+SERVICE_WEBHOOK_LOCKED = "Webhooks created by a service cannot be modified or deleted while it is active."
 
 EventSink = Callable[[str, Transaction], None]
 
@@ -58,6 +61,7 @@ class Store:
         self.accounts: dict[str, Account] = {}
         self.transactions: dict[str, Transaction] = {}
         self.webhooks: dict[int, Webhook] = {}
+        self.services: dict[int, Service] = {}
         self.on_event: EventSink = lambda event, tx: None
         self._tokens: dict[bytes, Token] = {}
         self._settled: Counter[tuple[str, str]] = Counter()
@@ -65,6 +69,7 @@ class Store:
         self._ids: random.Random = random.SystemRandom()
         self._references = itertools.count(1)
         self._webhook_ids = itertools.count(1)
+        self._service_ids = itertools.count(1)
         self._seq = itertools.count(1)
 
     # -- ids -------------------------------------------------------------------------------------
@@ -160,6 +165,8 @@ class Store:
         given = _hash(password)
         if user is None or user.password_hash is None or not hmac.compare_digest(given, user.password_hash):
             raise ApiError(400, LOGIN_FAILED)
+        if not user.active:
+            raise ApiError(400, LOGIN_FAILED)
         return self.issue_token(user, duration_s or DEFAULT_SESSION_SECONDS)
 
     def issue_token(
@@ -183,7 +190,8 @@ class Store:
             if record.expires is not None and record.expires <= now_ms():
                 del self._tokens[_hash(token)]
                 return None
-            return self.users[record.user_id]
+            user = self.users[record.user_id]
+            return user if user.active else None
 
     def revoke(self, token: str) -> None:
         """Make `token` stop working."""
@@ -418,15 +426,24 @@ class Store:
     # -- webhooks --------------------------------------------------------------------------------
 
     def create_webhook(
-        self, company: str, url: str, event: str, secret: str, condition: str | None, enabled: bool
+        self,
+        company: str,
+        url: str,
+        event: str,
+        secret: str,
+        condition: str | None,
+        enabled: bool,
+        creator: User | None = None,
     ) -> Webhook:
-        """Subscribe `url` to `event`; one webhook per (url, event) and company."""
+        """Subscribe `url` to `event`; one per (url, event) and company; a service's user ties it to it."""
         at = now_ms()
         with self.lock:
             self._refuse_duplicate(company, url, event, None)
+            service = self.service_of_user(creator.id) if creator is not None else None
             webhook = Webhook(
                 next(self._webhook_ids), company, url, event, secret, condition, enabled, False, at, at
             )
+            webhook.service = service
             self.webhooks[webhook.id] = webhook
             return webhook
 
@@ -442,12 +459,19 @@ class Store:
         """Change some fields of a webhook (validated by the caller)."""
         with self.lock:
             webhook = self.webhook(company, webhook_id)
+            _refuse_locked(webhook)
             url, event = changes.get("url", webhook.url), changes.get("event", webhook.event)
             self._refuse_duplicate(company, url, event, webhook.id)
             for name, value in changes.items():
                 setattr(webhook, name, value)
             webhook.updated = now_ms()
             return webhook
+
+    def delete_webhook(self, company: str, webhook_id: int) -> None:
+        """Delete a webhook (refused for one tied to an active service)."""
+        with self.lock:
+            _refuse_locked(self.webhook(company, webhook_id))
+            del self.webhooks[webhook_id]
 
     def webhooks_of(self, company: str) -> list[Webhook]:
         """Return the webhooks of `company`."""
@@ -466,3 +490,57 @@ class Store:
         for webhook in self.webhooks_of(company):
             if webhook.id != own_id and (webhook.url, webhook.event) == (url, event):
                 raise ApiError(400, DUPLICATE_WEBHOOK)
+
+    # -- services --------------------------------------------------------------------------------
+
+    def add_service(self, company: str, fields: dict) -> Service:
+        """Register an inactive private service of `company`, with a slug unique in the company."""
+        with self.lock:
+            taken = {service.slug for service in self.services_of(company)}
+            base = _slug(fields["name"])
+            slug = next(
+                candidate
+                for n in itertools.count(1)
+                if (candidate := base if n == 1 else f"{base}-{n}") not in taken
+            )
+            service = Service(id=next(self._service_ids), company=company, slug=slug, **fields)
+            self.services[service.id] = service
+            return service
+
+    def service(self, company: str, service_id: int) -> Service:
+        """Return a service of `company`, or raise a 404."""
+        with self.lock:
+            service = self.services.get(service_id)
+        if service is None or service.company != company:
+            raise ApiError(404, "Not found.")
+        return service
+
+    def services_of(self, company: str) -> list[Service]:
+        """Return the services of `company`, oldest first."""
+        with self.lock:
+            return [service for service in self.services.values() if service.company == company]
+
+    def service_of_user(self, user_id: str) -> Service | None:
+        """Return the service whose activation created user `user_id`, if any."""
+        with self.lock:
+            return next((s for s in self.services.values() if s.user_id == user_id), None)
+
+    def delete_service(self, company: str, service_id: int) -> None:
+        """Forget an inactive service; its webhooks stay, no longer tied to it."""
+        with self.lock:
+            service = self.service(company, service_id)
+            if service.active:
+                raise ApiError(400, "Deactivate the service before deleting it.")
+            for webhook in self.webhooks_of(company):
+                if webhook.service is service:
+                    webhook.service = None
+            del self.services[service_id]
+
+
+def _refuse_locked(webhook: Webhook) -> None:
+    if webhook.service is not None and webhook.service.active:
+        raise ApiError(400, SERVICE_WEBHOOK_LOCKED)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "service"
