@@ -339,8 +339,9 @@ def update_service(service_id: int) -> Any:
     body = _body()
     fields, active = service_fields(body, partial=True), _active(body)
     store, installer = _store(), installer_of()
-    found = store.service(g.user.company, service_id)
-    with installer.changing(found.id):
+    store.service(g.user.company, service_id)  # a 404 before taking a lock for that id
+    with installer.changing(service_id):
+        found = store.service(g.user.company, service_id)  # as it is now that changes wait for us
         if active is True and not found.active:
             outcome = activate(store, installer, found, fields.get("url", found.url))
             if not outcome.ok:
@@ -405,6 +406,7 @@ def _active_service(service_id: int) -> Service:
 def rotate_token(service_id: int) -> Response:
     """Give the service user a new token via `<url>/rotate/`; the old one dies only if it was accepted."""
     installer = installer_of()
+    _active_service(service_id)  # refuse before taking a lock for that id
     with installer.changing(service_id):
         service = _active_service(service_id)
         return _control_answer(service, "rotate", rotate(_store(), installer, service))
@@ -414,6 +416,7 @@ def rotate_token(service_id: int) -> Response:
 def purge(service_id: int) -> Response:
     """Remove the company's install as Rehive does when deleting a company: `/deactivate/` with purge."""
     installer = installer_of()
+    _active_service(service_id)
     with installer.changing(service_id):
         service = _active_service(service_id)
         return _control_answer(service, "purge", deactivate(_store(), installer, service, purge=True))

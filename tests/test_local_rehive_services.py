@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -160,6 +161,17 @@ def test_activation_posts_a_live_service_token_and_installs_the_service(rehive, 
     # Activating an active service again changes nothing and calls nobody.
     assert rehive.set_active(admin, service["id"], True).status_code == 200
     assert len(extension.calls) == 1
+
+
+def test_two_activations_at_once_make_one_service_user(rehive, extension):
+    admin = rehive.token(DEMO_ADMIN)
+    service = rehive.register(admin, extension.url)
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: rehive.set_active(admin, service["id"], True), range(4)))
+
+    assert [answer.status_code for answer in answers] == [200] * 4
+    assert len(extension.bodies("activate")) == 1
 
 
 def test_both_seeded_companies_can_install_it(rehive, extension):
