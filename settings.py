@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -68,6 +69,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
             value = kind(raw)
         except ValueError:
             problems.append(f"{name} must be a {kind.__name__}, got {raw!r}")
+            return default
+        if not math.isfinite(value):  # nan compares false with everything: a cache that never expires
+            problems.append(f"{name} must be a finite number, got {raw!r}")
             return default
         if value < minimum:
             problems.append(f"{name} must be at least {minimum}, got {raw!r}")
