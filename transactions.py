@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from auth import current_user, group_names, require_user
 from errors import ApiError
+from quota import per_user
 from rehive_client import RehiveBadResponse, admin
 
 bp = Blueprint("custom", __name__, url_prefix="/custom")
@@ -132,6 +133,7 @@ def _link(rehive_url: object, own_query: dict[str, str]) -> str | None:
 
 @bp.get("/transactions/", strict_slashes=False)
 @require_user
+@per_user
 def list_transactions() -> Response:
     """List transactions: the caller's own, or anyone's for the groups allowed to see all."""
     query = _caller_query()
