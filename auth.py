@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import re
 import threading
 import time
@@ -49,7 +50,7 @@ def parse_token(header: str | None) -> str:
 
 
 class TTLCache:
-    """A small thread-safe LRU of successful answers that expire after `ttl` seconds."""
+    """A small thread-safe LRU of answers that expire after `ttl` seconds."""
 
     def __init__(self, ttl: float, maxsize: int) -> None:
         self.ttl = ttl
@@ -117,6 +118,8 @@ def init_app(app: Flask) -> None:
     """Give the app its auth cache and its company."""
     settings = app.config["SETTINGS"]
     app.extensions["auth_cache"] = TTLCache(settings.auth_cache_seconds, settings.auth_cache_size)
+    # Tokens Rehive answered 401 for: a bogus token sent in a loop must not cost a Rehive call each time.
+    app.extensions["auth_refusals"] = TTLCache(settings.auth_cache_seconds, settings.auth_cache_size)
     app.extensions["company"] = CompanyOfAdmin(settings.company)
 
 
@@ -125,17 +128,36 @@ def our_company() -> str:
     return current_app.extensions["company"].get()
 
 
+def client_address() -> str | None:
+    """Return the caller's address (after ProxyFix); an IPv4-mapped IPv6 one (`::ffff:a.b.c.d`) as IPv4."""
+    address = request.remote_addr
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address
+    mapped = getattr(ip, "ipv4_mapped", None)
+    # One caller, one spelling: Rehive's IP rules and our cache key see `a.b.c.d` however it arrived.
+    return str(mapped or ip)
+
+
 def authenticate() -> dict:
     """Return the Rehive user behind this request's token, checked to be of our company."""
     token = parse_token(request.headers.get("Authorization"))
-    client_ip = request.remote_addr
+    client_ip = client_address()
     cache: TTLCache = current_app.extensions["auth_cache"]
     key = cache_key(token, client_ip)
     user = cache.get(key)
     if user is None:
+        # A 401 is about the token, not the address it came from: keyed by the token's hash alone.
+        refusals: TTLCache = current_app.extensions["auth_refusals"]
+        refusal_key = cache_key(token, None)
+        refused = refusals.get(refusal_key)
+        if refused is not None:
+            raise _unauthorized(refused["message"])
         try:
             user = admin.whoami(token, forwarded_for=client_ip)
         except RehiveUnauthorized as exc:
+            refusals.put(refusal_key, {"message": exc.message})
             raise _unauthorized(exc.message) from exc
         except RehiveForbidden as exc:
             raise ApiError(403, exc.message) from exc

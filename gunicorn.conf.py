@@ -17,7 +17,12 @@ keepalive = 5
 accesslog = "-"
 # Never log request headers: Authorization carries user tokens and the webhook secret.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
-control_socket_disable = True  # several servers (tests, benchmarks) may run at once
+control_socket_disable = True
+# Gunicorn trusts X-Forwarded-Proto (and friends) from 127.0.0.1 by default, and from a unix socket
+# always: TRUSTED_PROXIES (werkzeug's ProxyFix in app.py) alone decides which forwarded headers count.
+forwarded_allow_ips = ""
+secure_scheme_headers: dict[str, str] = {}
+forwarder_headers = ""  # several servers (tests, benchmarks) may run at once
 
 
 # Requests gunicorn cannot parse (a bad request line, header or length) are answered by gunicorn

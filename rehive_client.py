@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 from flask import Flask, current_app
@@ -65,6 +65,41 @@ class RehiveBadResponse(RehiveError):
 
 class RehiveRequestError(RehiveError):
     """Rehive refused the request itself (400, 404, ...); `status` and `body` say how."""
+
+
+class UnsafeRehivePath(ValueError):
+    """Our own code asked for a path that could leave REHIVE_API_URL; nothing was sent.
+
+    A ValueError, not a RehiveError: Rehive said nothing, a caller of ours passed a bad argument (a bug,
+    or unchecked input in a path), and it must not be mapped to an upstream status or retried as one.
+    """
+
+
+# C0 controls, DEL and C1 controls: a header or request-line splitter in a path is never legitimate.
+_CONTROL = frozenset(chr(c) for c in (*range(0x20), *range(0x7F, 0xA0)))
+
+
+def _check_path(path: object) -> str:
+    """Return `path` if it stays under the API root, else raise UnsafeRehivePath (naming no value)."""
+    if not isinstance(path, str):
+        raise UnsafeRehivePath("a Rehive path must be a string")
+    # Decode until stable, so `%252e%252e` is judged as `..` too (servers and proxies may decode twice).
+    decoded, previous = path, None
+    for _ in range(4):
+        if decoded == previous:
+            break
+        previous, decoded = decoded, unquote(decoded)
+    for text in (path, decoded):
+        if any(char in _CONTROL for char in text):
+            raise UnsafeRehivePath("a Rehive path may not hold control characters")
+        if text.startswith(("//", "\\\\", "/\\", "\\/")):
+            raise UnsafeRehivePath("a Rehive path may not start with '//'")
+        parts = urlsplit(text)
+        if parts.scheme or parts.netloc:
+            raise UnsafeRehivePath("a Rehive path may not name a scheme or host")
+        if ".." in parts.path.replace("\\", "/").split("/"):
+            raise UnsafeRehivePath("a Rehive path may not hold a '..' segment")
+    return path
 
 
 def _message(body: Any, default: str) -> str:
@@ -154,6 +189,14 @@ class RehiveClient:
 
     # -- the one place HTTP happens -------------------------------------------------------------
 
+    def url_for(self, path: str) -> str:
+        """Return the URL of an API path, refusing (UnsafeRehivePath) any that would leave the API root."""
+        url = urljoin(self.api_url, _check_path(path).lstrip("/"))
+        # The final guard: whatever the checks above missed, the admin token goes nowhere else.
+        if not url.startswith(self.api_url):
+            raise UnsafeRehivePath("a Rehive path must stay under REHIVE_API_URL")
+        return url
+
     def request(
         self,
         method: str,
@@ -167,7 +210,7 @@ class RehiveClient:
         """Send one call (retrying safe failures of GETs) and return the decoded JSON body."""
         if not token:
             raise ValueError("a Rehive call needs an explicit token")
-        url = urljoin(self.api_url, path.lstrip("/"))
+        url = self.url_for(path)
         all_headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
         if headers:
             all_headers.update(headers)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import limits
 
 DEFAULT_API_URL = "https://api.rehive.com/3/"
 
@@ -39,6 +42,7 @@ class Settings:
     webhook_retry_max_seconds: float = 600.0
     webhook_max_attempts: int = 8
     savings_percent: int = 0
+    custom_rate_limit: str = "120/minute"
 
     def replace(self, **changes: object) -> Settings:
         """Return a copy with some fields changed (tests use this)."""
@@ -47,6 +51,14 @@ class Settings:
 
 def _list(value: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def parse_rate(value: str) -> limits.RateLimitItem:
+    """Return the one rate `value` names (`120/minute`, `2 per second`), or raise ValueError."""
+    items = limits.parse_many(value)
+    if len(items) != 1 or items[0].amount < 1:
+        raise ValueError(f"one rate of at least 1, like '120/minute', got {value!r}")
+    return items[0]
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -69,6 +81,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         except ValueError:
             problems.append(f"{name} must be a {kind.__name__}, got {raw!r}")
             return default
+        if not math.isfinite(value):  # nan compares false with everything: a cache that never expires
+            problems.append(f"{name} must be a finite number, got {raw!r}")
+            return default
         if value < minimum:
             problems.append(f"{name} must be at least {minimum}, got {raw!r}")
             return default
@@ -77,6 +92,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     api_url = env.get("REHIVE_API_URL") or DEFAULT_API_URL
     if not api_url.startswith(("http://", "https://")):
         problems.append(f"REHIVE_API_URL must be an http(s) URL, got {api_url!r}")
+    rate = env.get("CUSTOM_RATE_LIMIT") or "120/minute"
+    try:
+        parse_rate(rate)
+    except ValueError:
+        problems.append(f"CUSTOM_RATE_LIMIT must be one rate like '120/minute', got {rate!r}")
     worker = env.get("WEBHOOK_WORKER") or "thread"
     if worker not in ("thread", "off"):
         problems.append(f"WEBHOOK_WORKER must be 'thread' or 'off', got {worker!r}")
@@ -103,6 +123,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         webhook_retry_max_seconds=number("WEBHOOK_RETRY_MAX_SECONDS", 600.0),
         webhook_max_attempts=number("WEBHOOK_MAX_ATTEMPTS", 8, int, 1),
         savings_percent=number("SAVINGS_PERCENT", 0, int),
+        custom_rate_limit=rate,
     )
     if settings.savings_percent > 100:
         problems.append(f"SAVINGS_PERCENT must be 0..100, got {settings.savings_percent}")

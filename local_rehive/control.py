@@ -25,11 +25,40 @@ def _is_loopback(address: str | None) -> bool:
     return (mapped or ip).is_loopback
 
 
+def _is_loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine: localhost, 127.x or [::1], with or without a port."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            return False
+    else:
+        name, _, port = host.partition(":")
+        if port and not port.isdigit():
+            return False
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return ip.is_loopback and (ip.version == 4 or host.startswith("["))
+
+
 @bp.before_request
 def _loopback_only() -> None:
-    """Refuse callers that are not on this machine: the control API is a developer tool."""
+    """Refuse callers that are not on this machine: the control API is a developer tool.
+
+    A web page the developer visits runs on this machine too: DNS rebinding makes its requests carry a
+    foreign Host, and a form or `fetch` without a preflight can only send text/plain or form bodies.
+    So the Host must be a loopback name and a body must be declared JSON.
+    """
     if not _is_loopback(request.remote_addr):
         raise ApiError(403, "The control API answers loopback callers only.")
+    if not _is_loopback_host(request.headers.get("Host", "")):
+        raise ApiError(403, "The control API answers requests to a loopback Host only.")
+    if request.method not in ("GET", "HEAD", "OPTIONS") and request.mimetype != "application/json":
+        raise ApiError(403, "The control API takes JSON bodies only (Content-Type: application/json).")
 
 
 def _json_object() -> dict:

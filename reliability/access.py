@@ -17,6 +17,9 @@ import requests
 
 from reliability.hostile import build
 from reliability.stack import Result, Run, by_status, progress
+from transactions import USER_FIELDS as USER_FIELD_NAMES
+
+USER_FIELDS = frozenset(USER_FIELD_NAMES)
 
 NAME = "access"
 MAX_PAGES = 40  # a bound on following next links
@@ -48,14 +51,14 @@ class Judge:
             if not isinstance(data, dict) or not isinstance(data.get("results"), list):
                 self.problems.append(f"{what}: 200 without a list")
                 return
-            others = [
-                tx.get("id") for tx in data["results"] if (tx.get("user") or {}).get("id") != self.caller_id
-            ]
+            # A user's results carry no `user` (Rehive's user-section shape), so ownership is judged
+            # against the stand-in's own list of the caller's transactions.
+            others = [tx.get("id") for tx in data["results"] if tx.get("id") not in self.own_ids]
             if others:
-                self.problems.append(f"{what}: {len(others)} transactions of someone else, e.g. {others[0]}")
-            strangers = [tx.get("id") for tx in data["results"] if tx.get("id") not in self.own_ids]
-            if strangers and not others:
-                self.problems.append(f"{what}: unknown transactions {strangers[:2]}")
+                self.problems.append(f"{what}: {len(others)} transactions not the caller's, e.g. {others[0]}")
+            exposed = [tx.get("id") for tx in data["results"] if set(tx) - USER_FIELDS]
+            if exposed:
+                self.problems.append(f"{what}: admin-only fields shown, e.g. in {exposed[0]}")
             for name in ("next", "previous"):
                 link = data.get(name)
                 if link is None:

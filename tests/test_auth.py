@@ -187,10 +187,18 @@ class TestCache:
         assert client.get("/me", headers={"Authorization": "Token tok-a"}).json["id"] == "u-alice"
         assert client.get("/me", headers={"Authorization": "Token tok-b"}).json["id"] == "u-bob"
 
-    def test_a_failure_is_never_stored(self, client, rsps):
-        rsps.get(AUTH, status=401, json={"status": "error", "message": "Invalid token."})
+    @pytest.mark.parametrize(
+        ("answer", "status"),
+        [
+            pytest.param({"status": 403, "json": {"status": "error", "message": "MFA"}}, 403, id="403"),
+            pytest.param({"status": 429, "json": {"status": "error", "message": "slow"}}, 429, id="429"),
+            pytest.param({"status": 400, "json": {"status": "error", "message": "bad"}}, 401, id="400"),
+        ],
+    )
+    def test_a_failure_other_than_401_is_never_stored(self, client, rsps, answer, status):
+        rsps.get(AUTH, **answer)
         auth_ok(rsps)
-        assert client.get("/me", headers={"Authorization": "Token user-tok"}).status_code == 401
+        assert client.get("/me", headers={"Authorization": "Token user-tok"}).status_code == status
         assert client.get("/me", headers={"Authorization": "Token user-tok"}).status_code == 200
 
     def test_an_answer_expires(self, settings, rsps, monkeypatch):

@@ -33,13 +33,16 @@ def secrets_of(settings: Settings) -> tuple[str, ...]:
 
 
 def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
-    """Parse WEBHOOK_ALLOWED_IPS entries (addresses or CIDR ranges), naming every bad one."""
+    """Parse WEBHOOK_ALLOWED_IPS entries (addresses or CIDR ranges), naming every bad one.
+
+    Strictly: `34.91.230.165/0` (host bits set) would silently allow everyone, so it is refused.
+    """
     networks, bad = [], []
     for entry in sorted(entries):
         try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            bad.append(entry)
+            networks.append(ipaddress.ip_network(entry, strict=True))
+        except ValueError as exc:
+            bad.append(f"{entry} (host bits set)" if "host bits set" in str(exc) else entry)
     if bad:
         raise ConfigError(f"Cannot start: WEBHOOK_ALLOWED_IPS has invalid addresses: {', '.join(bad)}.")
     return tuple(networks)
