@@ -13,8 +13,8 @@ nginx's own 127.0.0.1, so "the client's address" and "the proxy's address" diffe
 - pagination links carry the public scheme and host (https://PUBLIC_NAME:port), and a Host of another
   name gets no answer at all;
 - the webhook allow-list judges the client's address: 127.0.0.2 accepted, 127.0.0.3 refused (also
-  when it claims to be 127.0.0.2), nginx's own address refused; a body over WEBHOOK_MAX_BYTES is
-  refused by nginx with a JSON 413.
+  when it claims to be 127.0.0.2), nginx's own address refused; a body over WEBHOOK_MAX_BYTES and a
+  broken request line are refused by nginx itself with JSON 413 and 400.
 """
 
 from __future__ import annotations
@@ -263,6 +263,7 @@ def _allow_list(run: Run, proxy: Proxy, row: Row, rng: random.Random) -> None:
         if answer.status != expected:
             row.problems.append(f"a delivery from {source} {extra} got {answer.status}, not {expected}")
     row.figures.append("allow-list " + CLIENT + ": " + ", ".join(got))
+    # nginx's own refusals are JSON in the envelope too: a body over the limit, a broken request line.
     too_big = proxy.request(
         "POST",
         "/webhooks/",
@@ -271,11 +272,18 @@ def _allow_list(run: Run, proxy: Proxy, row: Row, rng: random.Random) -> None:
         length=False,
         seen=run.seen,
     )
-    is_json = (too_big.header("Content-Type") or "").startswith("application/json")
+    broken = proxy.request("GET", "/\x01", source=CLIENT, seen=run.seen)
+    own = [(too_big, 413), (broken, 400)]
+    json_ok = [
+        answer.status == status and (answer.header("Content-Type") or "").startswith("application/json")
+        for answer, status in own
+    ]
     row.check(
-        too_big.status == 413 and is_json,
-        f"1 MiB + 1 byte: {too_big.status}{' JSON' if is_json else ''}",
-        f"a body over 1 MiB got {too_big.status} {too_big.header('Content-Type')}",
+        all(json_ok),
+        f"nginx's own 413 (1 MiB + 1 byte) and 400: {too_big.status}, {broken.status}"
+        f" {'JSON' if all(json_ok) else 'not JSON'}",
+        f"nginx answered {too_big.status} {too_big.header('Content-Type')} to a body over 1 MiB and"
+        f" {broken.status} {broken.header('Content-Type')} to a broken request line",
     )
 
 
