@@ -18,7 +18,7 @@ run: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/python -m devtools.demo
 
-# The reliability suite (about a minute) runs before pytest, so that pytest's summary ends the output.
+# The reliability suite (under two minutes) runs before pytest, so that pytest's summary ends the output.
 test: $(BIN)/.installed nginx
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
