@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run demo test bench reliability lint format clean
+.PHONY: run demo test bench reliability nginx lint format clean
 
 # The venv is rebuilt whenever a requirements file changes.
 $(BIN)/.installed: requirements.txt requirements-dev.txt
@@ -18,8 +18,8 @@ run: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/python -m devtools.demo
 
-# The reliability suite (about a minute) runs before pytest, so that pytest's summary ends the output.
-test: $(BIN)/.installed
+# The reliability suite (under two minutes) runs before pytest, so that pytest's summary ends the output.
+test: $(BIN)/.installed nginx
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m reliability
@@ -29,9 +29,14 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench
 
-# Crashes, upstream faults, hostile input, fuzzing, leaks and access, printed as one table.
-reliability: $(BIN)/.installed
+# Crashes, upstream faults, hostile input, fuzzing, leaks, access and the proxy, printed as one table.
+reliability: $(BIN)/.installed nginx
 	$(BIN)/python -m reliability
+
+# The reliability suite's proxy row and tests/e2e/test_proxy.py run real nginx (deploy/nginx.conf) with a
+# certificate made by openssl: both installed with apt-get when missing (as root), as `make bench` does wrk.
+nginx: $(BIN)/.installed
+	@$(BIN)/python -m reliability.nginx
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from reliability import access, crash, fuzz, hostile, leaks, upstream
+from reliability import access, crash, fuzz, hostile, leaks, proxy, upstream
 from reliability.stack import Result, Run, progress
 
 # The table lists the checks in this order. They run in it too, except that the leak scan (5) runs
-# last, so that it covers every answer, log line and row the other five produced.
+# last, so that it covers every answer, log line and row the others produced.
 CHECKS: dict[str, Callable[[Run], Result]] = {
     "crash": crash.run,
     "upstream": upstream.run,
@@ -32,8 +32,9 @@ CHECKS: dict[str, Callable[[Run], Result]] = {
     "fuzz": fuzz.run,
     "leaks": leaks.run,
     "access": access.run,
+    "proxy": proxy.run,
 }
-RUN_ORDER = ("crash", "upstream", "hostile", "fuzz", "access", "leaks")
+RUN_ORDER = ("crash", "upstream", "hostile", "fuzz", "access", "proxy", "leaks")
 DEFAULT_SEED = 20_260_601
 
 
