@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from flask import Flask, current_app, g, request
 from werkzeug.local import LocalProxy
 
+import metrics
 from errors import ApiError
 from rehive_client import (
     RehiveForbidden,
@@ -132,6 +133,7 @@ def authenticate() -> dict:
     cache: TTLCache = current_app.extensions["auth_cache"]
     key = cache_key(token, client_ip)
     user = cache.get(key)
+    metrics.AUTH_CACHE.labels("miss" if user is None else "hit").inc()
     if user is None:
         try:
             user = admin.whoami(token, forwarded_for=client_ip)
