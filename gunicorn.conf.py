@@ -20,7 +20,7 @@ keepalive = 5
 accesslog = "-"
 # Never log request headers: Authorization carries user tokens and the webhook secret.
 # The request id is the one the app answered with in X-Request-ID (see logs.py).
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s rid=%({x-request-id}o)s'
 control_socket_disable = True  # several servers (tests, benchmarks) may run at once
 
 
