@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from local_rehive.courier import Attempt, Task
 from local_rehive.model import GROUPS, Account, Currency, Transaction, User, Webhook
 from local_rehive.store import Store
 
@@ -212,4 +213,33 @@ def webhook(value: Webhook) -> dict:
         "archived": value.archived,
         "created": value.created,
         "updated": value.updated,
+    }
+
+
+def webhook_task(task: Task, hook: Webhook, *, extended: bool = False) -> dict:
+    """Render a webhook task (a delivery's history); `extended` adds the payload, as the detail view does."""
+    shape = {
+        "id": task.id,
+        "webhook": webhook(hook),  # secret included, as Rehive's admin API does
+        "tries": task.tries,
+        "completed": task.completed,
+        "failed": task.failed,
+        "archived": False,
+        "created": task.created,
+        "updated": task.updated,
+    }
+    if extended:
+        shape["data"] = task.data
+    return shape
+
+
+def webhook_request(attempt: Attempt) -> dict:
+    """Render one attempt of a webhook task."""
+    return {
+        "id": attempt.id,
+        "response_code": attempt.response_code,
+        "error": attempt.error,
+        "archived": False,
+        "created": attempt.created,
+        "updated": attempt.created,
     }
