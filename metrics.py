@@ -113,10 +113,10 @@ def event_label(name: str, known: Callable[[str], bool]) -> str:
 
 
 def status_class(status: int | None, error: str | None = None) -> str:
-    """Return "2xx".."5xx" for an HTTP status, or the kind of failure (timeout, connection_error)."""
+    """Return "2xx".."5xx" ("429" apart: Rehive throttling us), or the failure (timeout, connection_error)."""
     if status is None:
         return error or "connection_error"
-    return f"{status // 100}xx"
+    return "429" if status == 429 else f"{status // 100}xx"
 
 
 class ScrapeTimeGauges:

@@ -339,3 +339,17 @@ def test_oldest_unfinished_ignores_done_and_dead(app, inbox):
     assert inbox.oldest_unfinished() == 200.0
     inbox.probe_write()
     assert webhooks_of(app).inbox is inbox
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "label"),
+    [
+        (200, None, "2xx"),
+        (404, None, "4xx"),
+        (429, None, "429"),
+        (503, None, "5xx"),
+        (None, "timeout", "timeout"),
+    ],
+)
+def test_status_classes_keep_throttling_apart(status, error, label):
+    assert metrics.status_class(status, error) == label
