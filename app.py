@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -11,6 +10,8 @@ from flask import Flask, Response, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import auth
+import logs
+import operations
 import quota
 import transactions
 import webhooks
@@ -24,7 +25,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings is None:
         load_dotenv(".env")  # never overrides what the environment already says
         settings = load_settings(os.environ)
-    _configure_logging()
+    logs.configure_logging(settings.log_format)
 
     app = Flask(__name__)
     app.config["SETTINGS"] = settings
@@ -35,16 +36,18 @@ def create_app(settings: Settings | None = None) -> Flask:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)
 
+    logs.init_app(app)
     register_error_handlers(app)
     admin.init_app(app)
     auth.init_app(app)
     quota.init_app(app)
     app.register_blueprint(transactions.bp)
     webhooks.init_app(app)
+    operations.init_app(app)
 
     @app.get("/healthz")
     def healthz() -> Response:
-        return jsonify(status="ok")
+        return jsonify(status="ok")  # liveness only: /readyz says whether to send traffic
 
     openapi = (Path(__file__).parent / "openapi.yaml").read_bytes()
 
@@ -53,11 +56,3 @@ def create_app(settings: Settings | None = None) -> Flask:
         return Response(openapi, mimetype="application/yaml")
 
     return app
-
-
-def _configure_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:  # gunicorn and pytest bring their own; plain `flask run` does not
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for name in ("service", "webhooks", "rehive"):
-        logging.getLogger(name).setLevel(logging.INFO)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from flask import Flask, current_app, g, request
 from werkzeug.local import LocalProxy
 
+import metrics
 from errors import ApiError
 from rehive_client import (
     RehiveForbidden,
@@ -147,6 +148,7 @@ def authenticate() -> dict:
     cache: TTLCache = current_app.extensions["auth_cache"]
     key = cache_key(token, client_ip)
     user = cache.get(key)
+    metrics.AUTH_CACHE.labels("miss" if user is None else "hit").inc()
     if user is None:
         # A 401 is about the token, not the address it came from: keyed by the token's hash alone.
         refusals: TTLCache = current_app.extensions["auth_refusals"]

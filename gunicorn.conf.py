@@ -3,6 +3,9 @@
 import json
 import logging
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import gunicorn.util
 
@@ -16,13 +19,14 @@ graceful_timeout = 10
 keepalive = 5
 accesslog = "-"
 # Never log request headers: Authorization carries user tokens and the webhook secret.
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
-control_socket_disable = True
+# The request id is the one the app answered with in X-Request-ID (see logs.py).
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s rid=%({x-request-id}o)s'
+control_socket_disable = True  # several servers (tests, benchmarks) may run at once
 # Gunicorn trusts X-Forwarded-Proto (and friends) from 127.0.0.1 by default, and from a unix socket
 # always: TRUSTED_PROXIES (werkzeug's ProxyFix in app.py) alone decides which forwarded headers count.
 forwarded_allow_ips = ""
 secure_scheme_headers: dict[str, str] = {}
-forwarder_headers = ""  # several servers (tests, benchmarks) may run at once
+forwarder_headers = ""
 
 
 # Requests gunicorn cannot parse (a bad request line, header or length) are answered by gunicorn
@@ -48,3 +52,36 @@ class _WithoutWhatWasSent(logging.Filter):
 
 gunicorn.util.write_error = _json_error
 logging.getLogger("gunicorn.error").addFilter(_WithoutWhatWasSent())
+
+
+# Metrics: prometheus_client adds up the workers' values through files in PROMETHEUS_MULTIPROC_DIR,
+# which must be set before any worker imports it (so here, in the master, before the fork) and must
+# start empty, or counters of an earlier run would be added in. Without the variable each start gets
+# its own fresh folder, so several servers (tests, benchmarks) never share one.
+_created_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _created_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="rehive-ext-metrics-")
+
+
+def on_starting(server):
+    """Empty the metrics folder before the first worker starts."""
+    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in folder.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def child_exit(server, worker):
+    """Let a dead worker's live gauges go; its counters stay counted."""
+    from prometheus_client import multiprocess  # imported here, once the folder is set
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics folder this configuration made."""
+    if _created_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -15,6 +15,9 @@ from urllib.parse import unquote, urljoin, urlsplit
 import requests
 from flask import Flask, current_app
 
+import metrics
+from logs import REQUEST_ID_HEADER, current_request_id
+
 log = logging.getLogger("rehive")
 
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -126,6 +129,9 @@ class RehiveClient:
         self.get_retries = get_retries
         self.backoff = backoff
         self._local = threading.local()
+        # The status (401/403) of the last call made with our own token if Rehive refused it, else
+        # None; /readyz reads it, so that a probe never costs a Rehive call.
+        self.admin_token_refused: int | None = None
 
     def __repr__(self) -> str:  # never show the token
         return f"<RehiveClient {self.api_url}>"
@@ -214,18 +220,17 @@ class RehiveClient:
         all_headers = {"Authorization": f"Token {token}", "Accept": "application/json"}
         if headers:
             all_headers.update(headers)
+        request_id = current_request_id()
+        if request_id:
+            all_headers[REQUEST_ID_HEADER] = request_id
+        own_token = token == self._token
+        kind = _kind(method, path, own_token=own_token)
         attempts = 1 + (self.get_retries if method == "GET" else 0)
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                response = self.session.request(
-                    method,
-                    url,
-                    params=params,
-                    json=json,
-                    headers=all_headers,
-                    timeout=self.timeout,
-                    allow_redirects=False,
+                response = self._send(
+                    kind, own_token, method, url, params=params, json=json, headers=all_headers
                 )
             except requests.ConnectTimeout as exc:
                 if last:
@@ -248,6 +253,27 @@ class RehiveClient:
             # Exponential backoff with full jitter, so a fleet of threads does not retry in step.
             time.sleep(random.uniform(0, self.backoff * 2**attempt))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send(self, kind: str, own_token: bool, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """Send one HTTP request, counting it (and its time) by kind and status class."""
+        started = time.monotonic()
+        status: int | None = None
+        failure = "connection_error"
+        try:
+            response = self.session.request(
+                method, url, timeout=self.timeout, allow_redirects=False, **kwargs
+            )
+        except requests.Timeout:
+            failure = "timeout"
+            raise
+        else:
+            status = response.status_code
+            if own_token:
+                self.admin_token_refused = status if status in (401, 403) else None
+            return response
+        finally:
+            metrics.REHIVE_REQUESTS.labels(kind, metrics.status_class(status, failure)).inc()
+            metrics.REHIVE_REQUEST_SECONDS.labels(kind).observe(time.monotonic() - started)
 
     @staticmethod
     def _decode(response: requests.Response, path: str) -> dict:
@@ -290,6 +316,13 @@ def _seconds(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+def _kind(method: str, path: str, *, own_token: bool) -> str:
+    """Return the metrics kind of a call: auth (whose token is this?), admin_read or admin_write."""
+    if path.lstrip("/").startswith("auth/") or not own_token:
+        return "auth"
+    return "admin_read" if method in ("GET", "HEAD", "OPTIONS") else "admin_write"
 
 
 class AppBoundClient:

@@ -43,6 +43,11 @@ class Settings:
     webhook_max_attempts: int = 8
     savings_percent: int = 0
     custom_rate_limit: str = "120/minute"
+    log_format: str = "text"
+    metrics_allowed_ips: frozenset[str] = frozenset({"127.0.0.1", "::1"})
+    metrics_token: str = field(default="", repr=False)
+    webhook_url: str = ""
+    webhook_reconcile_minutes: float = 0.0
 
     def replace(self, **changes: object) -> Settings:
         """Return a copy with some fields changed (tests use this)."""
@@ -100,6 +105,12 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     worker = env.get("WEBHOOK_WORKER") or "thread"
     if worker not in ("thread", "off"):
         problems.append(f"WEBHOOK_WORKER must be 'thread' or 'off', got {worker!r}")
+    log_format = env.get("LOG_FORMAT") or "text"
+    if log_format not in ("text", "json"):
+        problems.append(f"LOG_FORMAT must be 'text' or 'json', got {log_format!r}")
+    webhook_url = env.get("WEBHOOK_URL", "")
+    if webhook_url and not webhook_url.startswith(("http://", "https://")):
+        problems.append(f"WEBHOOK_URL must be an http(s) URL, got {webhook_url!r}")
 
     settings = Settings(
         admin_token=required("REHIVE_ADMIN_TOKEN"),
@@ -124,9 +135,16 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         webhook_max_attempts=number("WEBHOOK_MAX_ATTEMPTS", 8, int, 1),
         savings_percent=number("SAVINGS_PERCENT", 0, int),
         custom_rate_limit=rate,
+        log_format=log_format,
+        metrics_allowed_ips=frozenset(_list(env.get("METRICS_ALLOWED_IPS", "127.0.0.1,::1"))),
+        metrics_token=env.get("METRICS_TOKEN", ""),
+        webhook_url=webhook_url,
+        webhook_reconcile_minutes=number("WEBHOOK_RECONCILE_MINUTES", 0.0),
     )
     if settings.savings_percent > 100:
         problems.append(f"SAVINGS_PERCENT must be 0..100, got {settings.savings_percent}")
+    if settings.webhook_reconcile_minutes > 0 and not settings.webhook_url:
+        problems.append("WEBHOOK_RECONCILE_MINUTES needs WEBHOOK_URL (the URL Rehive delivers to)")
     if problems:
         raise ConfigError("Cannot start: " + "; ".join(problems) + ". See .env.example.")
     return settings

@@ -182,11 +182,16 @@ def start_service(
         *extra_args,
         app,
     ]
+    env = dict(env)
+    if log_path and "PROMETHEUS_MULTIPROC_DIR" not in env:
+        # Beside the log, so a server that is killed (and so never cleans up) leaves nothing in /tmp;
+        # gunicorn.conf.py empties it at each start.
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(log_path.parent / f"metrics-{port}")
     log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - handed to the child; None: our stdout
     proc = subprocess.Popen(
         command,
         cwd=cwd or ROOT,
-        env=dict(env),
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         pass_fds=(sock.fileno(),),

@@ -11,8 +11,9 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from local_rehive import shapes
+from local_rehive.courier import Task
 from local_rehive.errors import ApiError, error_response, field_error
-from local_rehive.listing import filter_accounts, filter_transactions, paginate
+from local_rehive.listing import filter_accounts, filter_transactions, filter_webhook_tasks, paginate
 from local_rehive.model import ADMIN_GROUPS, COMPLETE, EVENTS, STATUSES, Leg, Movement, Transfer, User, now_ms
 from local_rehive.state import platform_of
 from local_rehive.store import Store
@@ -453,3 +454,52 @@ def update_webhook(webhook_id: int) -> Any:
     """Change some fields of a webhook (e.g. `enabled`)."""
     fields = _webhook_fields(_body(), partial=True)
     return _ok(shapes.webhook(_store().update_webhook(g.user.company, webhook_id, fields)))
+
+
+# -- webhook tasks (the delivery history; a task's id is the id of the envelope it delivered) -------
+
+
+def _hooks() -> dict[int, Any]:
+    return {hook.id: hook for hook in _store().webhooks_of(g.user.company)}
+
+
+def _task(task_id: str, hooks: dict[int, Any]) -> Task:
+    for task in platform_of().courier.tasks():
+        if task.id == task_id and task.webhook_id in hooks:
+            return task
+    raise ApiError(404, "Not found.")
+
+
+@bp.get("/admin/webhook-tasks/")
+@require(admin=True)
+def webhook_tasks() -> Any:
+    """List deliveries, filtered by webhook (`webhook__url`, ...) and times; items carry no payload."""
+    hooks = _hooks()
+    kept = filter_webhook_tasks(platform_of().courier.tasks(), hooks, request.args)
+    return _ok(
+        paginate(
+            kept,
+            request.args,
+            request.base_url,
+            lambda task: shapes.webhook_task(task, hooks[task.webhook_id]),
+        )
+    )
+
+
+@bp.get("/admin/webhook-tasks/<task_id>/")
+@require(admin=True)
+def webhook_task(task_id: str) -> Any:
+    """Return one delivery's task with its payload (`data`)."""
+    hooks = _hooks()
+    task = _task(task_id, hooks)
+    return _ok(shapes.webhook_task(task, hooks[task.webhook_id], extended=True))
+
+
+@bp.get("/admin/webhook-tasks/<task_id>/requests/")
+@require(admin=True)
+def webhook_task_requests(task_id: str) -> Any:
+    """List a delivery's attempts (`response_code` filters them)."""
+    attempts = _task(task_id, _hooks()).attempts
+    if "response_code" in request.args:
+        attempts = [a for a in attempts if str(a.response_code) == request.args["response_code"]]
+    return _ok(paginate(attempts, request.args, request.base_url, shapes.webhook_request))

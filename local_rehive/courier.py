@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import requests
 
@@ -34,6 +36,36 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One POST of a delivery, as Rehive's `GET /3/admin/webhook-tasks/{id}/requests/` lists it."""
+
+    id: int
+    response_code: int | None
+    error: str | None
+    created: int
+
+
+@dataclass
+class Task:
+    """A delivery's history, as Rehive's webhook-tasks show it; its id is the envelope id."""
+
+    id: str
+    webhook_id: int
+    body: bytes
+    created: int
+    updated: int
+    tries: int = 0
+    completed: int | None = None
+    failed: int | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def data(self) -> object:
+        """Return the `data` of the delivered envelope (the payload the detail view adds)."""
+        return json.loads(self.body)["data"]
+
+
+@dataclass(frozen=True)
 class _Job:
     due: float
     order: int
@@ -55,6 +87,8 @@ class Courier:
         self._busy: set[str] = set()  # URLs with a request in flight: one URL gets events in order
         self._threads: list[threading.Thread] = []
         self._log: deque[dict] = deque(maxlen=LOG_SIZE)
+        self._tasks: OrderedDict[str, Task] = OrderedDict()  # the newest LOG_SIZE deliveries
+        self._attempt_ids = itertools.count(1)
         self._order = 0
         self._closed = False
 
@@ -63,6 +97,12 @@ class Courier:
         with self._cond:
             if self._closed:
                 return
+            now = now_ms()
+            self._tasks[delivery.envelope_id] = Task(
+                delivery.envelope_id, delivery.webhook_id, delivery.body, now, now
+            )
+            while len(self._tasks) > LOG_SIZE:
+                self._tasks.popitem(last=False)
             self._queue(delivery, attempt=1, delay=0.0)
             if len(self._threads) < self._workers:
                 thread = threading.Thread(target=self._work, name="local-rehive-webhooks", daemon=True)
@@ -73,6 +113,11 @@ class Courier:
         """Return the log of every attempt so far, oldest first."""
         with self._cond:
             return list(self._log)
+
+    def tasks(self) -> list[Task]:
+        """Return a snapshot of every delivery's task, oldest first."""
+        with self._cond:
+            return [replace(task, attempts=list(task.attempts)) for task in self._tasks.values()]
 
     def close(self, timeout: float = 6.0) -> None:
         """Drop queued attempts and wait (up to `timeout` s) for requests in flight."""
@@ -149,10 +194,12 @@ class Courier:
                 }
             )
             delays = list(self._retry_delays())
-            if not ok and not self._closed and job.attempt <= len(delays):
+            retried = not ok and not self._closed and job.attempt <= len(delays)
+            if retried:
                 self._queue(delivery, attempt=job.attempt + 1, delay=delays[job.attempt - 1])
+            self._record(delivery.envelope_id, status, error, ok, gave_up=not ok and not retried)
             self._cond.notify_all()
-        if not ok:
+        if not ok:  # never the secret: only the webhook's id, the event and what went wrong
             log.warning(
                 "webhook %s %s attempt %d failed: %s",
                 delivery.webhook_id,
@@ -160,3 +207,17 @@ class Courier:
                 job.attempt,
                 error or status,
             )
+
+    def _record(self, task_id: str, status: int | None, error: str | None, ok: bool, gave_up: bool) -> None:
+        """Add an attempt to the delivery's task (caller holds the lock); mark it completed or failed."""
+        task = self._tasks.get(task_id)
+        if task is None:
+            return
+        now = now_ms()
+        task.tries += 1
+        task.updated = now
+        task.attempts.append(Attempt(next(self._attempt_ids), status, error, now))
+        if ok:
+            task.completed = now
+        elif gave_up:
+            task.failed = now

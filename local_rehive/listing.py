@@ -10,8 +10,9 @@ from urllib.parse import urlencode
 
 from werkzeug.datastructures import MultiDict
 
+from local_rehive.courier import Task
 from local_rehive.errors import ApiError, field_error
-from local_rehive.model import Account, Transaction
+from local_rehive.model import Account, Transaction, Webhook
 from local_rehive.store import Store
 
 T = TypeVar("T")
@@ -111,6 +112,30 @@ def _ordered(txs: list[Transaction], orderby: str) -> list[Transaction]:
     if field not in _ORDERINGS:  # DRF ignores an ordering it does not allow
         field, orderby = "created", "-created"
     return sorted(txs, key=lambda tx: (getattr(tx, field), tx.seq), reverse=orderby.startswith("-"))
+
+
+def filter_webhook_tasks(tasks: Sequence[Task], hooks: dict[int, Webhook], args: MultiDict) -> list[Task]:
+    """Keep the tasks matching Rehive's webhook-task filters in `args`, newest first."""
+    kept = [task for task in tasks if task.webhook_id in hooks]
+    if "webhook" in args:
+        kept = [task for task in kept if str(task.webhook_id) == args["webhook"]]
+    for name in ("event", "url", "secret"):
+        if f"webhook__{name}" in args:
+            wanted = args[f"webhook__{name}"]
+            kept = [task for task in kept if getattr(hooks[task.webhook_id], name) == wanted]
+    for name in ("created", "updated", "completed", "failed"):
+        for suffix, compare in _OPERATORS.items():
+            if name + suffix in args:
+                bound = _number(args, name + suffix)
+                kept = [
+                    task
+                    for task in kept
+                    if getattr(task, name) is not None and compare(getattr(task, name), bound)
+                ]
+        if f"{name}__isnull" in args and name in ("completed", "failed"):
+            wanted = parse_boolean(args, f"{name}__isnull")
+            kept = [task for task in kept if (getattr(task, name) is None) == wanted]
+    return sorted(kept, key=lambda task: task.created, reverse=True)
 
 
 def filter_accounts(store: Store, company: str, args: MultiDict) -> list[Account]:

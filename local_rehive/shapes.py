@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from local_rehive.courier import Attempt, Task
 from local_rehive.model import GROUPS, Account, Currency, Service, Transaction, User, Webhook
 from local_rehive.store import Store
 
@@ -238,3 +239,32 @@ def service(value: Service) -> dict:
 def reduced_service(value: Service) -> dict:
     """Render the short service object found on webhooks and the company (SPEC-A `ReducedService`)."""
     return {"id": value.id, "slug": value.slug, "name": value.name, "url": value.url, "type": "private"}
+
+
+def webhook_task(task: Task, hook: Webhook, *, extended: bool = False) -> dict:
+    """Render a webhook task (a delivery's history); `extended` adds the payload, as the detail view does."""
+    shape = {
+        "id": task.id,
+        "webhook": webhook(hook),  # secret included, as Rehive's admin API does
+        "tries": task.tries,
+        "completed": task.completed,
+        "failed": task.failed,
+        "archived": False,
+        "created": task.created,
+        "updated": task.updated,
+    }
+    if extended:
+        shape["data"] = task.data
+    return shape
+
+
+def webhook_request(attempt: Attempt) -> dict:
+    """Render one attempt of a webhook task."""
+    return {
+        "id": attempt.id,
+        "response_code": attempt.response_code,
+        "error": attempt.error,
+        "archived": False,
+        "created": attempt.created,
+        "updated": attempt.created,
+    }

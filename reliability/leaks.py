@@ -2,9 +2,11 @@
 
 Both canaries are set for the whole run. This check runs last: it first provokes the answers and log
 lines most likely to quote a secret (a failing handler, tokens and secrets in the wrong place, a
-header line gunicorn cannot parse), then scans every answer the suite received (scanned as they
-arrived), every answer schemathesis recorded, every line of every gunicorn log, and every column of
-every row of every inbox.
+header line gunicorn cannot parse, a scrape of /metrics and secrets sent to it), then scans every
+answer the suite received (scanned as they arrived), every answer schemathesis recorded, every line of
+every gunicorn log (the shared service's JSON lines decoded too, so an escaped secret is found), the
+/metrics text (no label may hold the provoking event's id either), and every column of every row of
+every inbox.
 """
 
 from __future__ import annotations
@@ -88,19 +90,49 @@ def _provoke(run: Run) -> int:
     ]:
         run.raw(request, f"malformed delivery ({name})")
         sent += 1
-    return sent
+    # /metrics: secrets offered as its bearer token are refused; the readiness probe answers too.
+    for authorization in (f"Bearer {secret}", f"Bearer {run.canaries.admin_token}"):
+        response = run.session.get(
+            service.url + "/metrics",
+            headers={"Authorization": authorization},
+            timeout=TIMEOUT,
+        )
+        run.seen.response(response)
+        sent += 1
+    run.seen.response(run.session.get(service.url + "/readyz", timeout=TIMEOUT))
+    return sent + 1
 
 
-def _scan_logs(run: Run) -> tuple[int, list[str]]:
-    lines, leaks = 0, []
+def _scan_metrics(run: Run) -> tuple[int, list[str]]:
+    """Scrape /metrics (from loopback, so allowed) and look for the canaries and the event's id."""
+    response = run.seen.response(run.session.get(run.shared_service().url + "/metrics", timeout=TIMEOUT))
+    text = response.content
+    leaks = [f"{name} in /metrics" for name in run.canaries.found_in(text)]
+    if response.status_code != 200 or b"rehive_ext_webhook_deliveries_total" not in text:
+        leaks.append(f"/metrics did not answer its metrics ({response.status_code})")
+    if str(uuid.UUID(int=run.seed, version=4)).encode() in text:
+        leaks.append("an event id in a /metrics label")
+    return len(text.splitlines()), leaks
+
+
+def _scan_logs(run: Run) -> tuple[int, int, list[str]]:
+    lines, json_lines, leaks = 0, 0, []
     for path in run.logs:
         if not path.exists():
             continue
         for number, line in enumerate(path.read_bytes().splitlines(), 1):
             lines += 1
-            for name in run.canaries.found_in(line):
+            found = run.canaries.found_in(line)
+            if line.startswith(b"{"):
+                with contextlib.suppress(ValueError):
+                    decoded = json.loads(line)
+                    json_lines += 1
+                    # A JSON line may escape what it quotes: scan the decoded text as well.
+                    text = json.dumps(decoded, ensure_ascii=False).encode("utf-8", "replace")
+                    found += [name for name in run.canaries.found_in(text) if name not in found]
+            for name in found:
                 leaks.append(f"{name} in {path.name} line {number}: {line[:160]!r}")
-    return lines, leaks
+    return lines, json_lines, leaks
 
 
 def _scan_databases(run: Run) -> tuple[int, int, list[str]]:
@@ -144,20 +176,23 @@ def run(run: Run) -> Result:
     while time.monotonic() < deadline and not _failed_once(database):
         time.sleep(0.2)
     progress(NAME, f"sent {sent} provoking requests; inbox holds {inbox_rows(database)} rows; scanning")
-    lines, log_leaks = _scan_logs(run)
+    metric_lines, metric_leaks = _scan_metrics(run)
+    lines, json_lines, log_leaks = _scan_logs(run)
     rows, cells, row_leaks = _scan_databases(run)
     har_answers, har_leaks = _scan_har(run)
     answers = run.seen.answers + har_answers
-    leaks = run.seen.leaks + har_leaks + log_leaks + row_leaks
+    leaks = run.seen.leaks + har_leaks + log_leaks + row_leaks + metric_leaks
     figures = (
         f"canaries: admin token {run.canaries.admin_token!r}, webhook secret canary-secret-<random>;"
         f" scanned {answers} answers ({run.seen.answers} ours, {har_answers} schemathesis'),"
-        f" {lines} log lines in {len(run.logs)} logs, {rows} rows ({cells} cells) in"
-        f" {len(run.databases)} inboxes; found in answers {len(run.seen.leaks) + len(har_leaks)},"
-        f" in logs {len(log_leaks)}, in rows {len(row_leaks)}"
+        f" {lines} log lines in {len(run.logs)} logs ({json_lines} of them JSON), {metric_lines} lines"
+        f" of /metrics, {rows} rows ({cells} cells) in {len(run.databases)} inboxes;"
+        f" found in answers {len(run.seen.leaks) + len(har_leaks)}, in logs {len(log_leaks)},"
+        f" in /metrics {len(metric_leaks)}, in rows {len(row_leaks)}"
     )
     notes = leaks[:8] + ([f"... and {len(leaks) - 8} more"] if len(leaks) > 8 else [])
-    return Result(NAME, figures, not leaks and answers > 0 and lines > 0 and rows > 0, tuple(notes))
+    scanned = answers > 0 and lines > 0 and json_lines > 0 and metric_lines > 0 and rows > 0
+    return Result(NAME, figures, not leaks and scanned, tuple(notes))
 
 
 def _failed_once(database: Path) -> bool:

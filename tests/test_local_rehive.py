@@ -560,6 +560,51 @@ def test_unreachable_receivers_are_logged_as_errors(rehive, receiver):
     assert all(a["status"] is None and "ConnectionError" in a["error"] for a in attempts)
 
 
+def test_webhook_tasks_list_the_delivery_history_as_rehive_does(rehive, receiver):
+    hook = receiver(500)  # the first attempt of the first delivery fails, its retry succeeds
+    gone = receiver()
+    gone.close()  # nothing listens: every attempt fails, and the task ends failed
+    rehive.subscribe(hook.url, "transaction.create")
+    rehive.subscribe(gone.url, "transaction.create")
+    before = int(time.time() * 1000)
+    tx = rehive.credit(user="alice@demo.test", amount=100).json()["data"]
+    wait_for(lambda: len(rehive.control("deliveries")) == 2 + 1 + len(FAST_RETRIES))
+    delivered = hook.bodies()[0]
+
+    listed = rehive.call("GET", "admin/webhook-tasks/", params={"webhook__url": hook.url}).json()["data"]
+    assert listed["count"] == 1
+    item = listed["results"][0]
+    assert item["id"] == delivered["id"], "a task's id is the id of the envelope it delivered"
+    assert set(item) == {"id", "webhook", "tries", "completed", "failed", "archived", "created", "updated"}
+    assert item["webhook"]["url"] == hook.url and item["webhook"]["secret"] == SECRET
+    assert (item["tries"], item["failed"]) == (2, None) and item["completed"] >= before
+    assert "data" not in item, "a list item carries no payload"
+
+    detail = rehive.call("GET", f"admin/webhook-tasks/{item['id']}/").json()["data"]
+    assert detail["data"] == delivered["data"] and detail["data"]["id"] == tx["id"]
+    attempts = rehive.call("GET", f"admin/webhook-tasks/{item['id']}/requests/").json()["data"]["results"]
+    assert [a["response_code"] for a in attempts] == [500, 202]
+    only_500 = rehive.call(
+        "GET", f"admin/webhook-tasks/{item['id']}/requests/", params={"response_code": 500}
+    )
+    assert only_500.json()["data"]["count"] == 1
+
+    def tasks(**params: str) -> list[dict]:
+        return rehive.call("GET", "admin/webhook-tasks/", params=params).json()["data"]["results"]
+
+    failed = tasks(webhook__url=gone.url, failed__isnull="false")
+    assert len(failed) == 1 and failed[0]["tries"] == 1 + len(FAST_RETRIES) and failed[0]["completed"] is None
+    assert len(tasks(completed__isnull="true")) == 1
+    assert len(tasks(created__gte=str(before))) == 2
+    assert tasks(created__gt=str(int(time.time() * 1000) + 60_000)) == []
+    assert tasks(webhook__event="transaction.execute") == []
+    assert rehive.call("GET", "admin/webhook-tasks/", params={"created__gte": "soon"}).status_code == 400
+    # Another company's service user sees none of it.
+    other = rehive.call("GET", f"admin/webhook-tasks/{item['id']}/", token=OTHER_SERVICE_TOKEN)
+    assert other.status_code == 404
+    assert rehive.call("GET", "admin/webhook-tasks/", token=OTHER_SERVICE_TOKEN).json()["data"]["count"] == 0
+
+
 # -- idempotency ------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from werkzeug.serving import is_running_from_reloader
 from auth import our_company
 from errors import ApiError
 from rehive_client import RehiveError
-from webhooks import cli, receive, savings
+from webhooks import cli, receive, reconcile, savings
 from webhooks.events import Event, derived_key, idempotency_key
 from webhooks.extension import Webhooks, parse_networks, secrets_of, webhooks_of
 from webhooks.inbox import Inbox
@@ -85,6 +85,8 @@ def init_app(app: Flask) -> Webhooks:
         if settings.company is None:
             # Learn our company now, off the request path, so that a delivery does not wait on Rehive.
             threading.Thread(target=_learn_company, args=(app,), name="learn-company", daemon=True).start()
+    if settings.webhook_reconcile_minutes > 0 and serves_requests():
+        reconcile.start_periodic(app)
     return state
 
 

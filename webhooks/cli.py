@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
@@ -13,6 +14,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from rehive_client import RehiveError
+from webhooks import reconcile
 from webhooks.events import is_sensitive, redact
 from webhooks.extension import webhooks_of
 from webhooks.inbox import REPLAYABLE, STATUSES
@@ -134,6 +137,28 @@ def replay_command(event_id: str | None, company: str | None, all_dead: bool) ->
     click.echo(
         f"Replayed {row['company']}/{event_id} ({row['event']}): {before} -> received, attempts reset."
     )
+
+
+@group.command("reconcile")
+@click.option("--since", default="24h", show_default=True, help="How far back: 30m, 24h, 7d, or seconds.")
+@click.option("--dry-run", is_flag=True, help="Count what is missing; store nothing.")
+@click.option("--url", "webhook_url", help="Our webhook URL as registered at Rehive (default: WEBHOOK_URL).")
+def reconcile_command(since: str, dry_run: bool, webhook_url: str | None) -> None:
+    """Store the deliveries Rehive made to our webhook URL since then that the inbox does not hold."""
+    settings = current_app.config["SETTINGS"]
+    webhook_url = webhook_url or settings.webhook_url
+    if not webhook_url:
+        raise click.UsageError("Set WEBHOOK_URL (the URL Rehive delivers to) or pass --url.")
+    try:
+        seconds = reconcile.parse_since(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    try:
+        counts = reconcile.reconcile_all(app, webhook_url, time.time() - seconds, dry_run=dry_run)
+    except RehiveError as exc:  # the message names the path and status, never a token or secret
+        raise click.ClickException(f"Rehive: {type(exc).__name__}: {exc.message}") from None
+    click.echo(("Dry run: " if dry_run else "") + counts.line(dry_run) + ".")
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

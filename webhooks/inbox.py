@@ -395,3 +395,45 @@ class Inbox:
         """Return how many rows are in each status."""
         rows = self.connection().execute("SELECT status, count(*) AS n FROM webhook_events GROUP BY status")
         return {row["status"]: row["n"] for row in rows}
+
+    # -- operations (metrics, readiness, periodic jobs) -------------------------------------------
+    # The same three methods on every backend; the tables they need are created on first use.
+
+    def oldest_unfinished(self) -> float | None:
+        """Return received_at of the oldest event not yet done or dead, or None if there is none."""
+        sql = (
+            "SELECT min(received_at) FROM webhook_events WHERE status IN ('received', 'processing', 'failed')"
+        )
+        return self.connection(durable=False).execute(sql).fetchone()[0]
+
+    def probe_write(self) -> None:
+        """Make one small real write (the one-row store_health table); raise if the store refuses it."""
+        conn = self.connection(durable=False)
+        with self._write(conn):
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS store_health (id INTEGER PRIMARY KEY CHECK (id = 1),"
+                " checked_at REAL NOT NULL)"
+            )
+            conn.execute(
+                "INSERT INTO store_health (id, checked_at) VALUES (1, ?)"
+                " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                (time.time(),),
+            )
+
+    def acquire_periodic(self, name: str, every_seconds: float, now: float | None = None) -> bool:
+        """Claim the right to run job `name` now if its last run began over `every_seconds` ago.
+
+        One statement decides, so of several processes asking at once exactly one gets True.
+        """
+        now = time.time() if now is None else now
+        conn = self.connection(durable=False)
+        with self._write(conn):
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS periodic_runs (name TEXT PRIMARY KEY, last_run_at REAL NOT NULL)"
+            )
+            cursor = conn.execute(
+                "INSERT INTO periodic_runs (name, last_run_at) VALUES (?, ?) ON CONFLICT (name)"
+                " DO UPDATE SET last_run_at = excluded.last_run_at WHERE periodic_runs.last_run_at <= ?",
+                (name, now, now - every_seconds),
+            )
+        return cursor.rowcount == 1

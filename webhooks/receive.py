@@ -6,7 +6,7 @@ import ipaddress
 import logging
 import sqlite3
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from auth import our_company
 from errors import ApiError
@@ -70,6 +70,7 @@ def receive() -> tuple[Response, int]:
         raise ApiError(400, str(exc)) from None
     # Learned from Rehive once per process when REHIVE_COMPANY is unset; configured otherwise.
     if envelope.company != our_company():
+        g.webhook_outcome = "other_company"  # the metrics' refusal reason; 403 alone means the address
         raise ApiError(403, "This webhook is for another company.")
 
     try:

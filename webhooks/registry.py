@@ -38,6 +38,12 @@ class Registry:
         if handler not in handlers:
             handlers.append(handler)
 
+    def has_named(self, name: str) -> bool:
+        """Tell whether a handler is registered for `name` by that name (not only through "*")."""
+        return (name != ANY_EVENT and bool(self._handlers.get(name))) or bool(
+            self.parent and self.parent.has_named(name)
+        )
+
     def handlers_for(self, name: str) -> list[Handler]:
         """Return the handlers to run for event `name`, in registration order, parent's first."""
         found = self.parent.handlers_for(name) if self.parent else []

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from flask import Flask
 
+import metrics
 from rehive_client import admin
 from webhooks.events import Event, is_sensitive
 from webhooks.inbox import Claim, Inbox
@@ -91,6 +92,7 @@ class WorkerPool:
             return False
         buried = self.inbox.bury_expired(self.settings.webhook_max_attempts, now)
         for row in buried:
+            self._count("dead", row["event"])
             log.error(
                 "webhook dead company=%s id=%r event=%s attempts=%d error=lease expired",
                 row["company"],
@@ -148,10 +150,13 @@ class WorkerPool:
                 for handler in handlers:
                     handler(event, client)
         except Exception as exc:
+            self._observe(claim.event, started)
             self._record_failure(claim, exc)
             return
         elapsed_ms = (time.monotonic() - started) * 1000
+        self._observe(claim.event, started)
         if self.inbox.finish(claim, self.clock()):
+            self._count("done", claim.event)
             log.info(
                 "webhook done company=%s id=%r event=%s handlers=%d attempt=%d ms=%.0f",
                 claim.company,
@@ -182,6 +187,8 @@ class WorkerPool:
         error = f"{type(exc).__name__}: {exc}"
         status = self.inbox.fail(claim, error, traceback.format_exc(), retry_at, now)
         where = f"company={claim.company} id={claim.id!r} event={claim.event}"
+        if status is not None:
+            self._count(status, claim.event)
         if status == "failed":
             log.warning(
                 "webhook failed %s attempt=%d/%d retry_in=%.1fs error=%s",
@@ -197,6 +204,15 @@ class WorkerPool:
             )
         else:
             log.warning("webhook lease lost %s: another worker took it over", where)
+
+    # -- metrics (event names are labels only when a handler is registered for them by name) ---------
+
+    def _count(self, outcome: str, event: str) -> None:
+        metrics.EVENTS_FINISHED.labels(outcome, metrics.event_label(event, self.registry.has_named)).inc()
+
+    def _observe(self, event: str, started: float) -> None:
+        label = metrics.event_label(event, self.registry.has_named)
+        metrics.HANDLER_SECONDS.labels(label).observe(time.monotonic() - started)
 
     # -- threads -----------------------------------------------------------------------------
 
