@@ -11,6 +11,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import auth
+import companies
 import transactions
 import webhooks
 from errors import register_error_handlers
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     register_error_handlers(app)
     admin.init_app(app)
+    companies.init_app(app)
     auth.init_app(app)
     app.register_blueprint(transactions.bp)
     webhooks.init_app(app)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from flask import Flask, current_app, g, request
 from werkzeug.local import LocalProxy
 
+from companies import company_of
 from errors import ApiError
 from rehive_client import (
     RehiveForbidden,
@@ -94,35 +95,15 @@ def cache_key(token: str, client_ip: str | None) -> bytes:
     return hashlib.sha256(f"{token}\0{client_ip or ''}".encode()).digest()
 
 
-class CompanyOfAdmin:
-    """Learn our company from the admin token's `/3/auth/` answer, once per process."""
-
-    def __init__(self, configured: str | None) -> None:
-        self._value = configured
-        self._lock = threading.Lock()
-
-    def get(self) -> str:
-        """Return the company identifier, asking Rehive the first time it is needed."""
-        if self._value is None:
-            with self._lock:
-                if self._value is None:
-                    company = admin.me().get("company")
-                    if not isinstance(company, str) or not company:
-                        raise ApiError(502, "Rehive did not say which company the service is in.")
-                    self._value = company
-        return self._value
-
-
 def init_app(app: Flask) -> None:
-    """Give the app its auth cache and its company."""
+    """Give the app its auth cache."""
     settings = app.config["SETTINGS"]
     app.extensions["auth_cache"] = TTLCache(settings.auth_cache_seconds, settings.auth_cache_size)
-    app.extensions["company"] = CompanyOfAdmin(settings.company)
 
 
 def our_company() -> str:
     """Return the identifier of the Rehive company this service serves."""
-    return current_app.extensions["company"].get()
+    return company_of().get()
 
 
 def authenticate() -> dict:
@@ -159,6 +140,7 @@ def require_user(view: F) -> F:
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        company_of().require_checked()
         g.rehive_user = authenticate()
         return view(*args, **kwargs)
 
@@ -172,6 +154,7 @@ def require_groups(*names: str) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            company_of().require_checked()
             user = authenticate()
             if not group_names(user) & allowed:
                 raise ApiError(403, "Your group may not use this endpoint.")

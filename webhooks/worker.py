@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 from flask import Flask
 
-from rehive_client import admin
+from companies import CONFIRMED, company_of
+from errors import ApiError
+from rehive_client import RehiveError, admin
 from webhooks.events import Event, is_sensitive
 from webhooks.inbox import Claim, Inbox
 from webhooks.registry import Registry
@@ -24,6 +26,8 @@ POLL_SECONDS = 0.5  # how soon work from other processes and due retries is noti
 # leases long is given up, so that another worker may try.
 MAX_RENEWED_LEASES = 10
 MAX_LOGGED_ERROR = 200
+COMPANY_WAIT_SECONDS = 3.0  # how long a worker round waits for Rehive to confirm our company
+COMPANY_ASK_EVERY_SECONDS = 5.0  # after a failed ask, workers ask again no sooner than this
 
 
 def retry_delay(attempts: int, first: float, maximum: float) -> float:
@@ -87,7 +91,7 @@ class WorkerPool:
     def process_one(self) -> bool:
         """Claim one due event and run its handlers; return False if nothing was due."""
         now = self.clock()
-        if not self.inbox.has_due(now):
+        if not self.inbox.has_due(now) or not self._company_checked():
             return False
         buried = self.inbox.bury_expired(self.settings.webhook_max_attempts, now)
         for row in buried:
@@ -103,6 +107,17 @@ class WorkerPool:
             return bool(buried)
         self._run_handlers(claim)
         return True
+
+    def _company_checked(self) -> bool:
+        """Tell whether handlers may run: only once Rehive has confirmed the admin token's company.
+
+        Until then (or for ever, if it is another company's token) events stay in the inbox, unclaimed.
+        """
+        try:
+            state = company_of(self.app).wait(COMPANY_WAIT_SECONDS, not_within=COMPANY_ASK_EVERY_SECONDS)
+        except (RehiveError, ApiError):  # logged where it was met; asked again in a later round
+            return False
+        return state == CONFIRMED
 
     def drain(self, threads: int = 1) -> int:
         """Process events until none is due, on `threads` threads; return how many were handled."""
