@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import click
 from flask import Flask
 from flask.cli import FlaskGroup, get_debug_flag
@@ -21,8 +19,6 @@ from webhooks.extension import Webhooks, parse_networks, secrets_of, webhooks_of
 from webhooks.inbox import Inbox
 from webhooks.registry import Handler, Registry, on, registry
 from webhooks.worker import WorkerPool
-
-log = logging.getLogger("webhooks")
 
 __all__ = [
     "Event",
