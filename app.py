@@ -10,6 +10,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import auth
+import companies
 import logs
 import operations
 import quota
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     logs.init_app(app)
     register_error_handlers(app)
     admin.init_app(app)
+    companies.init_app(app)
     auth.init_app(app)
     quota.init_app(app)
     app.register_blueprint(transactions.bp)

@@ -21,6 +21,7 @@ from flask import Flask, current_app, g, request
 from werkzeug.local import LocalProxy
 
 import metrics
+from companies import company_of
 from errors import ApiError
 from rehive_client import (
     RehiveForbidden,
@@ -96,37 +97,17 @@ def cache_key(token: str, client_ip: str | None) -> bytes:
     return hashlib.sha256(f"{token}\0{client_ip or ''}".encode()).digest()
 
 
-class CompanyOfAdmin:
-    """Learn our company from the admin token's `/3/auth/` answer, once per process."""
-
-    def __init__(self, configured: str | None) -> None:
-        self._value = configured
-        self._lock = threading.Lock()
-
-    def get(self) -> str:
-        """Return the company identifier, asking Rehive the first time it is needed."""
-        if self._value is None:
-            with self._lock:
-                if self._value is None:
-                    company = admin.me().get("company")
-                    if not isinstance(company, str) or not company:
-                        raise ApiError(502, "Rehive did not say which company the service is in.")
-                    self._value = company
-        return self._value
-
-
 def init_app(app: Flask) -> None:
-    """Give the app its auth cache and its company."""
+    """Give the app its auth cache."""
     settings = app.config["SETTINGS"]
     app.extensions["auth_cache"] = TTLCache(settings.auth_cache_seconds, settings.auth_cache_size)
     # Tokens Rehive answered 401 for: a bogus token sent in a loop must not cost a Rehive call each time.
     app.extensions["auth_refusals"] = TTLCache(settings.auth_cache_seconds, settings.auth_cache_size)
-    app.extensions["company"] = CompanyOfAdmin(settings.company)
 
 
 def our_company() -> str:
     """Return the identifier of the Rehive company this service serves."""
-    return current_app.extensions["company"].get()
+    return company_of().get()
 
 
 def client_address() -> str | None:
@@ -183,6 +164,7 @@ def require_user(view: F) -> F:
 
     @functools.wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        company_of().require_checked()
         g.rehive_user = authenticate()
         return view(*args, **kwargs)
 
@@ -196,6 +178,7 @@ def require_groups(*names: str) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            company_of().require_checked()
             user = authenticate()
             if not group_names(user) & allowed:
                 raise ApiError(403, "Your group may not use this endpoint.")

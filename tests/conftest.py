@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import responses
 
+import companies
 from app import create_app
 from settings import Settings
 
@@ -12,6 +13,20 @@ API = "https://rehive.test/3/"
 ADMIN_TOKEN = "canary-admin-token-0123456789abcdef"
 WEBHOOK_SECRET = "canary-webhook-secret-0123456789abcdef"
 COMPANY = "acme"
+
+
+@pytest.fixture(autouse=True)
+def _admin_token_of_our_company(request, monkeypatch):
+    """Take the admin token to belong to REHIVE_COMPANY without asking Rehive, unless the test is
+    marked `company_check` (it then mocks `GET /3/auth/` with the admin token itself)."""
+    if request.node.get_closest_marker("company_check"):
+        return
+    ask = companies.CompanyOfAdmin._ask_rehive
+
+    def configured_or_ask(self):
+        return self.configured if self.configured is not None else ask(self)
+
+    monkeypatch.setattr(companies.CompanyOfAdmin, "_ask_rehive", configured_or_ask)
 
 
 @pytest.fixture

@@ -8,9 +8,11 @@ import time
 from collections import Counter
 
 import pytest
+from responses import matchers
 
 from app import create_app
-from tests.conftest import COMPANY, WEBHOOK_SECRET, webhook_body
+from rehive_client import RehiveBadResponse, RehiveRequestError, RehiveTimeout, RehiveUnavailable
+from tests.conftest import API, COMPANY, WEBHOOK_SECRET, webhook_body
 from webhooks import Inbox, Registry, WorkerPool, webhooks_of
 from webhooks.worker import retry_delay
 
@@ -327,3 +329,117 @@ def test_a_lost_lease_cannot_be_renewed(app):
     second = inbox.claim_next(lease_seconds=1, now=now + 2)  # the renewed lease ran out at now + 1.5
     assert second is not None
     assert not inbox.renew(first, lease_seconds=1, now=now + 2.1)
+
+
+# -- Rehive's trouble is not the event's: throttling, outages and timeouts use up no attempt ----------
+
+
+def test_an_event_throttled_three_times_then_done_used_one_attempt(settings, rsps):
+    app = create_app(settings.replace(webhook_max_attempts=2))
+    state = webhooks_of(app)
+    clock = Clock()
+    pool = _pool(app, clock)
+
+    @state.registry.on("test.event")
+    def call_rehive(event, client):
+        client.post("admin/things/", {"n": 1}, idempotency_key="acme:1:thing")
+
+    throttled = {"status": "error", "message": "Request was throttled. Expected available in 7 seconds."}
+    key = [matchers.header_matcher({"Idempotency-Key": "acme:1:thing"})]
+    rsps.post(API + "admin/things/", status=429, json=throttled, headers={"Retry-After": "7"}, match=key)
+    rsps.post(API + "admin/things/", status=429, json=throttled, match=key)
+    rsps.post(API + "admin/things/", status=429, json=throttled, headers={"Retry-After": "99999"}, match=key)
+    rsps.post(API + "admin/things/", status=201, json={"status": "success", "data": {}}, match=key)
+    _store(state.inbox, 1)
+
+    # Rehive's Retry-After when given (capped at WEBHOOK_RETRY_MAX_SECONDS), else the growing backoff.
+    for delay in (7, 10, settings.webhook_retry_max_seconds):
+        assert pool.process_one()
+        [row] = state.inbox.get("1")
+        assert (row["status"], row["attempts"]) == ("failed", 0)
+        assert row["due_at"] == pytest.approx(clock.now + delay)
+        assert row["last_error"].startswith("RehiveRateLimited: Request was throttled")
+        assert "not counted as an attempt: Rehive is throttling us" in row["last_error"]
+        clock.now += delay
+    assert pool.process_one()
+    [row] = state.inbox.get("1")
+    assert (row["status"], row["attempts"]) == ("done", 1)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(RehiveUnavailable("Rehive answered 503: x/", status=503), id="5xx"),
+        pytest.param(RehiveUnavailable("Rehive is unreachable: x/"), id="connection"),
+        pytest.param(RehiveTimeout("Rehive did not answer in time: x/"), id="timeout"),
+    ],
+)
+def test_an_outage_that_never_ends_never_makes_an_event_dead(settings, error, caplog):
+    app = create_app(settings.replace(webhook_max_attempts=2, webhook_retry_max_seconds=60))
+    state = webhooks_of(app)
+    clock = Clock()
+    pool = _pool(app, clock)
+
+    @state.registry.on("test.event")
+    def down(event, client):
+        raise error
+
+    _store(state.inbox, 1)
+    delays = []
+    for _ in range(12):
+        before = clock.now
+        assert pool.process_one()
+        [row] = state.inbox.get("1")
+        assert (row["status"], row["attempts"]) == ("failed", 0)
+        assert "not counted as an attempt: Rehive" in row["last_error"]
+        delays.append(round(row["due_at"] - before))
+        clock.now = row["due_at"]
+    assert delays == [5, 10, 20, 40, 60, 60, 60, 60, 60, 60, 60, 60]
+    assert "webhook dead" not in caplog.text
+    assert "webhook deferred" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pytest.param(RuntimeError("a bug"), id="plain exception"),
+        pytest.param(
+            RehiveRequestError("Insufficient balance.", status=400), id="Rehive refused the request"
+        ),
+        pytest.param(RehiveBadResponse("not JSON"), id="Rehive's answer makes no sense"),
+    ],
+)
+def test_failures_of_the_events_own_making_still_end_dead(settings, error):
+    app = create_app(settings.replace(webhook_max_attempts=3))
+    state = webhooks_of(app)
+    clock = Clock()
+    pool = _pool(app, clock)
+    outage = [True]
+
+    @state.registry.on("test.event")
+    def handler(event, client):
+        if outage[0]:  # an outage first: it must neither count nor reset what counts
+            outage[0] = False
+            raise RehiveUnavailable("Rehive answered 502: x/", status=502)
+        raise error
+
+    _store(state.inbox, 1)
+    for _ in range(4):
+        assert pool.process_one()
+        clock.now += 10_000
+    [row] = state.inbox.get("1")
+    assert (row["status"], row["attempts"]) == ("dead", 3)
+    assert row["last_error"].startswith(type(error).__name__)
+
+
+def test_an_uncounted_failure_gives_the_attempt_back(app):
+    inbox = webhooks_of(app).inbox
+    _store(inbox, 1)
+    now = time.time()
+    claim = inbox.claim_next(lease_seconds=30, now=now)
+    assert claim.attempts == 1
+    assert inbox.fail(claim, "throttled", "tb", retry_at=now + 5, now=now, count_attempt=False) == "failed"
+    assert inbox.get("1")[0]["attempts"] == 0
+    claim = inbox.claim_next(lease_seconds=30, now=now + 5)
+    with pytest.raises(ValueError, match="must be retried"):
+        inbox.fail(claim, "throttled", "tb", retry_at=None, count_attempt=False)

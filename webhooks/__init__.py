@@ -7,25 +7,18 @@
 
 from __future__ import annotations
 
-import logging
-import threading
-
 import click
 from flask import Flask
 from flask.cli import FlaskGroup, get_debug_flag
 from werkzeug.serving import is_running_from_reloader
 
-from auth import our_company
-from errors import ApiError
-from rehive_client import RehiveError
+from companies import company_of
 from webhooks import cli, receive, reconcile, savings
 from webhooks.events import Event, derived_key, idempotency_key
 from webhooks.extension import Webhooks, parse_networks, secrets_of, webhooks_of
 from webhooks.inbox import Inbox
 from webhooks.registry import Handler, Registry, on, registry
 from webhooks.worker import WorkerPool
-
-log = logging.getLogger("webhooks")
 
 __all__ = [
     "Event",
@@ -80,19 +73,14 @@ def init_app(app: Flask) -> Webhooks:
     app.extensions["webhooks"] = state
     app.register_blueprint(receive.bp)
     app.cli.add_command(cli.group)
-    if settings.webhook_worker == "thread" and serves_requests():
+    serving = serves_requests()
+    if serving and (settings.company is not None or settings.webhook_worker == "thread"):
+        # Check (or learn) the admin token's company now, off the request path: custom requests and
+        # handlers wait for it, and a delivery then never waits on Rehive. If this ask fails, the
+        # first request or worker round that needs the answer asks again.
+        company_of(app).start()
+    if settings.webhook_worker == "thread" and serving:
         state.pool.start()
-        if settings.company is None:
-            # Learn our company now, off the request path, so that a delivery does not wait on Rehive.
-            threading.Thread(target=_learn_company, args=(app,), name="learn-company", daemon=True).start()
     if settings.webhook_reconcile_minutes > 0 and serves_requests():
         reconcile.start_periodic(app)
     return state
-
-
-def _learn_company(app: Flask) -> None:
-    with app.app_context():
-        try:
-            our_company()
-        except (RehiveError, ApiError) as exc:  # the first request that needs it asks again
-            log.warning("could not learn our company from Rehive yet: %s", type(exc).__name__)

@@ -14,6 +14,8 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from companies import CONFIRMED, company_of
+from errors import ApiError
 from rehive_client import RehiveError
 from webhooks import reconcile
 from webhooks.events import is_sensitive, redact
@@ -161,6 +163,22 @@ def reconcile_command(since: str, dry_run: bool, webhook_url: str | None) -> Non
     click.echo(("Dry run: " if dry_run else "") + counts.line(dry_run) + ".")
 
 
+def _require_our_company() -> None:
+    """Refuse to run handlers unless Rehive confirms the admin token belongs to our company."""
+    company = company_of()
+    try:
+        state = company.wait(None)
+    except (RehiveError, ApiError) as exc:
+        raise click.ClickException(
+            f"Cannot check the admin token's company with Rehive ({type(exc).__name__}); no handler ran."
+        ) from None
+    if state != CONFIRMED:
+        raise click.ClickException(
+            f"REHIVE_COMPANY is {company.configured!r} but the admin token belongs to company "
+            f"{company.of_admin_token!r}; no handler ran. Fix the configuration."
+        )
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -170,6 +188,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 @click.option("--drain", is_flag=True, help="Process what is due now, then exit.")
 def work_command(threads: int | None, drain: bool) -> None:
     """Process events in the foreground until Ctrl-C (for WEBHOOK_WORKER=off deployments)."""
+    _require_our_company()
     state = webhooks_of()
     settings = current_app.config["SETTINGS"]
     pool = WorkerPool(

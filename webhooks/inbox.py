@@ -307,20 +307,29 @@ class Inbox:
         traceback: str,
         retry_at: float | None,
         now: float | None = None,
+        *,
+        count_attempt: bool = True,
     ) -> str | None:
         """Record a failed attempt: `failed` until `retry_at`, or `dead` if it is None.
 
+        With `count_attempt=False` (Rehive throttled us, was down or slow: not the event's fault) the
+        attempt is given back, so such failures never bring the event closer to `dead`.
         Return the new status, or None if the lease was lost to another worker meanwhile.
         """
         now = time.time() if now is None else now
+        if not count_attempt and retry_at is None:
+            raise ValueError("an attempt that is not counted must be retried")
         status = "dead" if retry_at is None else "failed"
+        given_back = 0 if count_attempt else 1
         conn = self.connection(durable=False)
         with self._writing():
             cursor = conn.execute(
-                "UPDATE webhook_events SET status = ?, due_at = ?, lease_token = NULL, last_error = ?,"
-                " traceback = ?, updated_at = ? WHERE seq = ? AND status = 'processing' AND lease_token = ?",
+                "UPDATE webhook_events SET status = ?, attempts = attempts - ?, due_at = ?,"
+                " lease_token = NULL, last_error = ?, traceback = ?, updated_at = ?"
+                " WHERE seq = ? AND status = 'processing' AND lease_token = ?",
                 (
                     status,
+                    given_back,
                     retry_at,
                     error[:MAX_ERROR_CHARS],
                     traceback[-MAX_TRACEBACK_CHARS:],

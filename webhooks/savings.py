@@ -1,18 +1,21 @@
-"""The example handler: move SAVINGS_PERCENT of every completed plain credit to the user's savings."""
+"""The example handler: move SAVINGS_PERCENT of every completed plain credit to the user's savings, once."""
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from flask import current_app
 
-from rehive_client import RehiveBadResponse, RehiveClient
-from webhooks.events import Event, derived_key, idempotency_key
+from rehive_client import RehiveBadResponse, RehiveClient, RehiveRequestError
+from webhooks.events import Event, derived_key
 
 log = logging.getLogger("webhooks")
 
 SAVINGS_ACCOUNT = "savings"
+# Rehive's transaction ids are UUIDs; anything that could change the path (`/`, `..`, `?`) is refused.
+_TRANSACTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")
 
 
 def _reference(value: Any) -> str | None:
@@ -46,6 +49,11 @@ def savings_amount(amount: int, percent: int) -> int:
     return amount * percent // 100
 
 
+def savings_reference(tx_id: str) -> str:
+    """Return the reference both legs of the savings transfer for source transaction `tx_id` carry."""
+    return f"savings:{tx_id}"
+
+
 def savings_account(client: RehiveClient, company: str, user_id: str) -> str:
     """Return the reference of the user's savings account, creating it the first time."""
     body = client.get("admin/accounts/", params={"user": user_id, "name": SAVINGS_ACCOUNT})
@@ -66,14 +74,62 @@ def savings_account(client: RehiveClient, company: str, user_id: str) -> str:
     return reference
 
 
-def auto_savings(event: Event, client: RehiveClient) -> None:
-    """On `transaction.execute`, move a share of a completed plain credit to the savings account."""
-    percent = current_app.config["SETTINGS"].savings_percent
-    tx = event.data
-    if percent <= 0 or tx.get("tx_type") != "credit" or tx.get("status") != "Complete":
-        return
+def _source_transaction(client: RehiveClient, tx_id: str) -> dict[str, Any] | None:
+    """Return Rehive's own copy of the transaction, or None if Rehive has no such transaction."""
+    try:
+        body = client.get(f"admin/transactions/{tx_id}/")
+    except RehiveRequestError as exc:
+        if exc.status == 404:
+            return None
+        raise
+    data = body.get("data")
+    if not isinstance(data, dict) or data.get("id") != tx_id:
+        raise RehiveBadResponse("Rehive's transaction detail is not the transaction asked for", body=body)
+    return data
+
+
+def _already_saved(client: RehiveClient, reference: str) -> bool:
+    """Tell whether a transaction carrying our savings reference exists (a transfer made before)."""
+    body = client.get("admin/transactions/", params={"reference": reference})
+    # Check the reference ourselves: if the filter were ignored, any transaction would look like ours.
+    return any(isinstance(tx, dict) and tx.get("reference") == reference for tx in _results(body))
+
+
+def _is_plain_completed_credit(tx: dict[str, Any]) -> bool:
+    if tx.get("tx_type") != "credit" or tx.get("status") != "Complete":
+        return False
     # Either leg of a transfer (ours included) has a partner: saving it again would loop.
-    if tx.get("partner") is not None or tx.get("partner_id") is not None:
+    return tx.get("partner") is None and tx.get("partner_id") is None
+
+
+def auto_savings(event: Event, client: RehiveClient) -> None:
+    """On `transaction.execute`, move a share of a completed plain credit to the savings account.
+
+    The payload is only a hint: what is moved, from where and for whom comes from Rehive's own copy of
+    the transaction, and the transfer is made once per source transaction, not once per delivery.
+    """
+    percent = current_app.config["SETTINGS"].savings_percent
+    hint = event.data
+    # The hint may only spare a Rehive call for events that are no plain completed credit; it never
+    # decides that money moves.
+    if percent <= 0 or not _is_plain_completed_credit(hint):
+        return
+    tx_id = hint.get("id")
+    if not isinstance(tx_id, str) or not _TRANSACTION_ID.fullmatch(tx_id):
+        log.warning(
+            "savings skipped company=%s id=%r: the event names no transaction", event.company, event.id
+        )
+        return
+    tx = _source_transaction(client, tx_id)
+    if tx is None:
+        log.warning(
+            "savings skipped company=%s id=%r tx=%s: Rehive has no such transaction",
+            event.company,
+            event.id,
+            tx_id,
+        )
+        return
+    if not _is_plain_completed_credit(tx):
         return
     amount = tx.get("amount")
     if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
@@ -87,14 +143,21 @@ def auto_savings(event: Event, client: RehiveClient) -> None:
     currency = _currency_code(tx)
     if not isinstance(user_id, str) or not user_id or account is None or currency is None:
         log.warning(
-            "savings skipped company=%s id=%r: credit without user, account or currency",
+            "savings skipped company=%s id=%r tx=%s: credit without user, account or currency",
             event.company,
             event.id,
+            tx_id,
         )
         return
 
     savings = savings_account(client, event.company, user_id)
     if savings == account:
+        return
+    reference = savings_reference(tx_id)
+    # Idempotency-Keys last 24 h and cover one key; the reference on Rehive's ledger lasts for ever and
+    # also covers a second subscription, a replay or a re-sent event with a new id.
+    if _already_saved(client, reference):
+        log.info("savings already made company=%s id=%r tx=%s", event.company, event.id, tx_id)
         return
     client.post(
         "admin/transactions/transfer/",
@@ -105,7 +168,16 @@ def auto_savings(event: Event, client: RehiveClient) -> None:
             "currency": currency,
             "debit_account": account,
             "credit_account": savings,
+            "debit_reference": reference,
+            "credit_reference": reference,
         },
-        idempotency_key=idempotency_key(event, "savings-transfer"),
+        idempotency_key=derived_key(event.company, tx_id, "savings-transfer"),
     )
-    log.info("savings moved company=%s id=%r amount=%d currency=%s", event.company, event.id, share, currency)
+    log.info(
+        "savings moved company=%s id=%r tx=%s amount=%d currency=%s",
+        event.company,
+        event.id,
+        tx_id,
+        share,
+        currency,
+    )

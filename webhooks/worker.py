@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import threading
 import time
 import traceback
@@ -13,7 +14,9 @@ from collections.abc import Callable
 from flask import Flask
 
 import metrics
-from rehive_client import admin
+from companies import CONFIRMED, company_of
+from errors import ApiError
+from rehive_client import RehiveError, RehiveRateLimited, RehiveTimeout, RehiveUnavailable, admin
 from webhooks.events import Event, is_sensitive
 from webhooks.inbox import Claim, Inbox
 from webhooks.registry import Registry
@@ -25,11 +28,36 @@ POLL_SECONDS = 0.5  # how soon work from other processes and due retries is noti
 # leases long is given up, so that another worker may try.
 MAX_RENEWED_LEASES = 10
 MAX_LOGGED_ERROR = 200
+MAX_TRACKED_UNCOUNTED = 10_000  # events whose uncounted failures this process remembers
+COMPANY_WAIT_SECONDS = 3.0  # how long a worker round waits for Rehive to confirm our company
+COMPANY_ASK_EVERY_SECONDS = 5.0  # after a failed ask, workers ask again no sooner than this
 
 
 def retry_delay(attempts: int, first: float, maximum: float) -> float:
     """Return the wait after the `attempts`-th failed attempt: `first`, doubling, at most `maximum`."""
-    return min(first * 2 ** max(attempts - 1, 0), maximum)
+    # The exponent is capped: uncounted retries may go on for days, and 2.0 ** 1024 overflows a float.
+    return min(first * 2 ** min(max(attempts - 1, 0), 60), maximum)
+
+
+def not_our_fault(exc: BaseException) -> str | None:
+    """Say why a handler's failure is Rehive's, not the event's (then it uses up no attempt), or None."""
+    if isinstance(exc, RehiveRateLimited):
+        return "Rehive is throttling us"
+    if isinstance(exc, RehiveTimeout):
+        return "Rehive did not answer in time"
+    if isinstance(exc, RehiveUnavailable):
+        return "Rehive is unavailable"
+    return None
+
+
+def retry_after_seconds(exc: BaseException) -> float | None:
+    """Return the seconds of the Retry-After Rehive sent with this error, if it sent a usable one."""
+    value = getattr(exc, "retry_after", None)
+    try:
+        seconds = float(value) if isinstance(value, str) else None
+    except ValueError:  # an HTTP date, or garbage: use our own backoff
+        return None
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _event(claim: Claim) -> Event:
@@ -71,6 +99,8 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._running: dict[int, tuple[Claim, float]] = {}  # seq -> (claim, monotonic start)
         self._running_lock = threading.Lock()
+        # (company, id) -> consecutive failures not counted as attempts, to grow their backoff.
+        self._uncounted: dict[tuple[str, str], int] = {}
 
     @property
     def running(self) -> bool:
@@ -88,7 +118,7 @@ class WorkerPool:
     def process_one(self) -> bool:
         """Claim one due event and run its handlers; return False if nothing was due."""
         now = self.clock()
-        if not self.inbox.has_due(now):
+        if not self.inbox.has_due(now) or not self._company_checked():
             return False
         buried = self.inbox.bury_expired(self.settings.webhook_max_attempts, now)
         for row in buried:
@@ -105,6 +135,17 @@ class WorkerPool:
             return bool(buried)
         self._run_handlers(claim)
         return True
+
+    def _company_checked(self) -> bool:
+        """Tell whether handlers may run: only once Rehive has confirmed the admin token's company.
+
+        Until then (or for ever, if it is another company's token) events stay in the inbox, unclaimed.
+        """
+        try:
+            state = company_of(self.app).wait(COMPANY_WAIT_SECONDS, not_within=COMPANY_ASK_EVERY_SECONDS)
+        except (RehiveError, ApiError):  # logged where it was met; asked again in a later round
+            return False
+        return state == CONFIRMED
 
     def drain(self, threads: int = 1) -> int:
         """Process events until none is due, on `threads` threads; return how many were handled."""
@@ -155,6 +196,7 @@ class WorkerPool:
             return
         elapsed_ms = (time.monotonic() - started) * 1000
         self._observe(claim.event, started)
+        self._forget_uncounted(claim)
         if self.inbox.finish(claim, self.clock()):
             self._count("done", claim.event)
             log.info(
@@ -178,6 +220,30 @@ class WorkerPool:
     def _record_failure(self, claim: Claim, exc: Exception) -> None:
         settings = self.settings
         now = self.clock()
+        where = f"company={claim.company} id={claim.id!r} event={claim.event}"
+        reason = not_our_fault(exc)
+        if reason is not None:
+            # Rehive throttled us, was down or slow: retried for as long as it takes, never made dead.
+            delay, source = self._uncounted_delay(claim, exc)
+            why = f"not counted as an attempt: {reason}; retry in {delay:.0f} s{source}"
+            error = f"{type(exc).__name__}: {exc} ({why})"
+            status = self.inbox.fail(
+                claim, error, traceback.format_exc(), now + delay, now, count_attempt=False
+            )
+            if status is not None:
+                self._count(status, claim.event)
+            if status == "failed":
+                log.warning(
+                    "webhook deferred %s retry_in=%.1fs not counted (%s) error=%s",
+                    where,
+                    delay,
+                    reason,
+                    _loggable(exc, claim.event),
+                )
+            else:
+                log.warning("webhook lease lost %s: another worker took it over", where)
+            return
+        self._forget_uncounted(claim)
         retry_at = None
         if claim.attempts < settings.webhook_max_attempts:
             delay = retry_delay(
@@ -186,7 +252,6 @@ class WorkerPool:
             retry_at = now + delay
         error = f"{type(exc).__name__}: {exc}"
         status = self.inbox.fail(claim, error, traceback.format_exc(), retry_at, now)
-        where = f"company={claim.company} id={claim.id!r} event={claim.event}"
         if status is not None:
             self._count(status, claim.event)
         if status == "failed":
@@ -213,6 +278,30 @@ class WorkerPool:
     def _observe(self, event: str, started: float) -> None:
         label = metrics.event_label(event, self.registry.has_named)
         metrics.HANDLER_SECONDS.labels(label).observe(time.monotonic() - started)
+
+    def _uncounted_delay(self, claim: Claim, exc: Exception) -> tuple[float, str]:
+        """Return the wait before retrying after an uncounted failure, and where it came from.
+
+        Rehive's Retry-After when it gave one (at least 1 s, at most WEBHOOK_RETRY_MAX_SECONDS); else the
+        usual backoff, grown by this event's consecutive uncounted failures in this process (the
+        attempts counter no longer grows with them).
+        """
+        settings = self.settings
+        key = (claim.company, claim.id)
+        with self._running_lock:
+            streak = self._uncounted[key] = self._uncounted.pop(key, 0) + 1
+            if len(self._uncounted) > MAX_TRACKED_UNCOUNTED:  # events another process finished
+                del self._uncounted[next(iter(self._uncounted))]
+        asked = retry_after_seconds(exc)
+        if asked is not None:
+            return min(max(asked, 1.0), settings.webhook_retry_max_seconds), " as Rehive asked"
+        return retry_delay(
+            streak, settings.webhook_retry_first_seconds, settings.webhook_retry_max_seconds
+        ), ""
+
+    def _forget_uncounted(self, claim: Claim) -> None:
+        with self._running_lock:
+            self._uncounted.pop((claim.company, claim.id), None)
 
     # -- threads -----------------------------------------------------------------------------
 

@@ -12,9 +12,10 @@ import pytest
 import requests
 
 from devtools.processes import Process, listening_socket, service_env, start_service, wait_for
+from devtools.stand_in import LOCAL_ADMIN_TOKEN
 
 SECRET = "e2e-webhook-secret-0123456789abcdef"
-COMPANY = "acme"
+COMPANY = "demo"  # the stand-in's company: each process checks the admin token against it first
 EVENTS = 24
 HANDLER_SECONDS = 0.3
 
@@ -37,15 +38,15 @@ def _rows(db: Path, sql: str) -> list[tuple]:
         return conn.execute(sql).fetchall()
 
 
-def test_events_survive_a_crash_and_are_done_exactly_once(tmp_path, servers):
+def test_events_survive_a_crash_and_are_done_exactly_once(tmp_path, servers, rehive):
     db = tmp_path / "inbox.sqlite3"
     log = tmp_path / "gunicorn.log"
     env = service_env(
         os.environ,
-        REHIVE_ADMIN_TOKEN="e2e-admin-token",
+        REHIVE_ADMIN_TOKEN=LOCAL_ADMIN_TOKEN,
         REHIVE_WEBHOOK_SECRET=SECRET,
         REHIVE_COMPANY=COMPANY,
-        REHIVE_API_URL="http://127.0.0.1:9/3/",  # nothing listens: the handler never calls Rehive
+        REHIVE_API_URL=rehive.url + "/3/",  # only asked whose the admin token is; the handler never calls it
         DATABASE_PATH=str(db),
         WEBHOOK_WORKER="thread",
         WEBHOOK_WORKER_THREADS="2",
