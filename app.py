@@ -11,6 +11,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import auth
+import manage
 import transactions
 import webhooks
 from errors import register_error_handlers
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.init_app(app)
     app.register_blueprint(transactions.bp)
     webhooks.init_app(app)
+    manage.init_app(app)  # the manage page and its API (after webhooks: it uses the inbox)
 
     @app.get("/healthz")
     def healthz() -> Response:

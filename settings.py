@@ -39,6 +39,7 @@ class Settings:
     webhook_retry_max_seconds: float = 600.0
     webhook_max_attempts: int = 8
     savings_percent: int = 0
+    local_mode: bool = False  # set by `make run` without a .env: the manage page offers "Try the flow"
 
     def replace(self, **changes: object) -> Settings:
         """Return a copy with some fields changed (tests use this)."""
@@ -103,6 +104,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         webhook_retry_max_seconds=number("WEBHOOK_RETRY_MAX_SECONDS", 600.0),
         webhook_max_attempts=number("WEBHOOK_MAX_ATTEMPTS", 8, int, 1),
         savings_percent=number("SAVINGS_PERCENT", 0, int),
+        local_mode=env.get("LOCAL_MODE", "").lower() in ("1", "true", "yes"),
     )
     if settings.savings_percent > 100:
         problems.append(f"SAVINGS_PERCENT must be 0..100, got {settings.savings_percent}")

@@ -9,6 +9,7 @@ from flask import current_app
 
 from rehive_client import RehiveBadResponse, RehiveClient
 from webhooks.events import Event, derived_key, idempotency_key
+from webhooks.extension import webhooks_of
 
 log = logging.getLogger("webhooks")
 
@@ -66,9 +67,17 @@ def savings_account(client: RehiveClient, company: str, user_id: str) -> str:
     return reference
 
 
+def savings_percent_for(company: str) -> int:
+    """Return the company's savings percent: set on the manage page, else SAVINGS_PERCENT."""
+    stored = webhooks_of().inbox.company_setting(company, "savings_percent")
+    if isinstance(stored, int) and not isinstance(stored, bool):
+        return stored
+    return current_app.config["SETTINGS"].savings_percent
+
+
 def auto_savings(event: Event, client: RehiveClient) -> None:
     """On `transaction.execute`, move a share of a completed plain credit to the savings account."""
-    percent = current_app.config["SETTINGS"].savings_percent
+    percent = savings_percent_for(event.company)
     tx = event.data
     if percent <= 0 or tx.get("tx_type") != "credit" or tx.get("status") != "Complete":
         return
