@@ -204,8 +204,9 @@
     message("app-error", "");
     const data = answer.body.data;
     text("company-name", data.company);
-    text("mode", data.mode === "single" ? "single company (token from the environment)" : data.mode);
-    text("active-since", data.active_since ? when(data.active_since) : "since the service started");
+    text("mode", data.mode === "single" ? "single company" : data.mode);
+    $("mode").title = data.mode === "single" ? "The service's token comes from REHIVE_ADMIN_TOKEN" : "";
+    text("active-since", data.active_since ? when(data.active_since) : "— (configured, not activated)");
     const tokenNames = { valid: "accepted by Rehive", invalid: "REFUSED by Rehive", unknown: "unknown (Rehive unreachable)" };
     text("token-status", tokenNames[data.token_status] || data.token_status);
     $("token-status").className = data.token_status === "invalid" ? "error-text" : "";
@@ -307,7 +308,11 @@
       name.append(id);
       const state = document.createElement("td");
       state.append(badge(row.status));
-      tr.append(received, name, state, cell(row.attempts, "num"), cell(row.last_error || "", "error-cell"));
+      // A done event keeps the error of an earlier attempt: show it, but not as a current failure.
+      const error = row.status === "done" && row.last_error
+        ? cell("earlier: " + row.last_error, "old-error-cell")
+        : cell(row.last_error || "", "error-cell");
+      tr.append(received, name, state, cell(row.attempts, "num"), error);
       tr.addEventListener("click", () => select(row.id));
       tr.addEventListener("keydown", (event) => { if (event.key === "Enter") select(row.id); });
       body.append(tr);
@@ -364,7 +369,9 @@
     text("d-updated", when(event.updated_at));
     text("d-next", event.next_attempt_at ? when(event.next_attempt_at)
       : event.lease_expires_at ? "running (lease until " + when(event.lease_expires_at) + ")" : null);
+    text("d-error-label", event.status === "done" && event.last_error ? "Earlier error" : "Last error");
     text("d-error", event.last_error);
+    $("d-error").classList.toggle("muted", event.status === "done");
     $("d-data").textContent = JSON.stringify(event.data, null, 2);
     $("d-traceback").textContent = event.traceback || "";
     show("d-traceback-box", Boolean(event.traceback));
@@ -479,6 +486,8 @@
     for (let tries = 0; tries < 40 && trial.credit === credit; tries += 1) {
       const event = await findEventOf(credit);
       if (event) {
+        refreshEvents();
+        refreshStatus().catch(() => {});
         out("try-event-out", "event " + event.id.slice(0, 8) + "… is " + event.status +
           " after " + event.attempts + " attempt(s)", event.status === "done" ? "good" : "");
         if (event.status === "done") {
