@@ -210,6 +210,26 @@ def test_a_user_who_is_not_an_admin_is_refused(browser, start):
     shot(browser, "refused")
 
 
+def test_a_pasted_token_signs_in_where_the_login_form_is_not_used(browser, start, stand_in):
+    service = start()
+    token = stand_in.login("admin@demo.test", "admin-pass-123")
+    browser.get(service.url + "/manage/")
+    until(browser, EC.visibility_of_element_located((By.ID, "paste")), "the sign-in form")
+    browser.find_element(By.CSS_SELECTOR, "#paste summary").click()
+    browser.find_element(By.ID, "token-input").send_keys(token)
+    browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
+    until(browser, EC.visibility_of_element_located((By.ID, "inbox")), "the inbox")
+    assert browser.find_element(By.ID, "token-input").get_attribute("value") == ""  # not left on screen
+    browser.find_element(By.ID, "sign-out").click()
+    until(browser, EC.visibility_of_element_located((By.ID, "login-form")), "the sign-in form again")
+    assert browser.execute_script("return sessionStorage.length") == 0
+    # A pasted token is only forgotten, never logged out at Rehive: Rehive still accepts it.
+    response = requests.get(
+        f"{stand_in.url}/3/auth/", headers={"Authorization": f"Token {token}"}, timeout=10
+    )
+    assert response.status_code == 200
+
+
 def test_html_in_an_event_is_shown_as_text_and_runs_nothing(browser, start, webhook_secret):
     service = start()
     deliver(service, webhook_secret, "evt-xss", "user.update", {"id": "u-1", "note": XSS})
