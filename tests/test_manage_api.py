@@ -354,3 +354,25 @@ def test_a_bad_settings_change_is_a_400_and_changes_nothing(client, rsps, inbox,
     assert response.status_code == 400
     assert response.json["status"] == "error"
     assert inbox.company_setting(COMPANY, "savings_percent") == 7
+
+
+def test_the_stand_in_lets_the_page_log_in_from_the_browser():
+    from local_rehive.app import create_app as create_stand_in
+
+    stand_in = create_stand_in().test_client()
+    preflight = stand_in.options(
+        "/3/auth/login/",
+        headers={
+            "Origin": "http://127.0.0.1:8000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Content-Type" in preflight.headers["Access-Control-Allow-Headers"]
+    login = stand_in.post(
+        "/3/auth/login/", json={"user": "admin@demo.test", "company": "demo", "password": "admin-pass-123"}
+    )
+    assert login.status_code == 200 and login.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Origin" not in stand_in.get("/_control/").headers  # the control API: no
