@@ -168,7 +168,7 @@ def test_the_admin_signs_in_and_sees_the_events_arrive_without_a_reload(
 def test_a_dead_event_is_replayed_and_becomes_done_on_screen(
     browser, start, stand_in, webhook_secret, tmp_path
 ):
-    service = start(WEBHOOK_MAX_ATTEMPTS="1", SAVINGS_PERCENT="10")
+    service = start(WEBHOOK_MAX_ATTEMPTS="1", SAVINGS_PERCENT="10", REHIVE_COMPANY="demo")
     alice = next(
         user for user in stand_in.control("users?company=demo") if user["email"] == "alice@demo.test"
     )
