@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run demo test bench reliability nginx lint format clean
+.PHONY: run demo test bench reliability nginx chromium lint format clean
 
 # The venv is rebuilt whenever a requirements file changes.
 $(BIN)/.installed: requirements.txt requirements-dev.txt
@@ -19,11 +19,16 @@ demo: $(BIN)/.installed
 	$(BIN)/python -m devtools.demo
 
 # The reliability suite (under two minutes) runs before pytest, so that pytest's summary ends the output.
-test: $(BIN)/.installed nginx
+test: $(BIN)/.installed nginx chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m reliability
 	$(BIN)/pytest
+
+# The manage page's browser tests drive Debian's Chromium through its own chromedriver: install both if missing.
+chromium:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+		(apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver)
 
 # Throughput and latency against their floors, printed as one table (needs wrk: installed if missing).
 bench: $(BIN)/.installed

@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import auth
 import companies
 import logs
+import manage
 import operations
 import quota
 import transactions
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(transactions.bp)
     webhooks.init_app(app)
     operations.init_app(app)
+    manage.init_app(app)  # the manage page and its API (after webhooks: it uses the inbox)
 
     @app.get("/healthz")
     def healthz() -> Response:

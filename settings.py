@@ -48,6 +48,7 @@ class Settings:
     metrics_token: str = field(default="", repr=False)
     webhook_url: str = ""
     webhook_reconcile_minutes: float = 0.0
+    local_mode: bool = False  # set by `make run` without a .env: the manage page offers "Try the flow"
 
     def replace(self, **changes: object) -> Settings:
         """Return a copy with some fields changed (tests use this)."""
@@ -140,6 +141,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         metrics_token=env.get("METRICS_TOKEN", ""),
         webhook_url=webhook_url,
         webhook_reconcile_minutes=number("WEBHOOK_RECONCILE_MINUTES", 0.0),
+        local_mode=env.get("LOCAL_MODE", "").lower() in ("1", "true", "yes"),
     )
     if settings.savings_percent > 100:
         problems.append(f"SAVINGS_PERCENT must be 0..100, got {settings.savings_percent}")

@@ -58,6 +58,7 @@ def local_env(rehive_url: str, secret: str, database: Path, savings_percent: int
         REHIVE_WEBHOOK_SECRET=secret,
         DATABASE_PATH=str(database),
         SAVINGS_PERCENT=str(savings_percent),
+        LOCAL_MODE="1",  # the manage page offers "Try the flow" against the stand-in
     )
 
 
@@ -89,6 +90,7 @@ No .env found, so this is a local stand-in for Rehive: no account needed.
 
   Rehive stand-in  {rehive_url}/3/
   Service          {service_url}/   (GET /custom/transactions/, POST /webhooks/)
+  Manage page      {service_url}/manage/   (sign in as admin@demo.test / admin-pass-123)
   Webhooks         transaction.create/.initiate/.execute -> {service_url}/webhooks/
   Auto-savings     {savings}% of every completed credit moves to the user's "savings" account
 

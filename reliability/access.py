@@ -1,5 +1,8 @@
 """Check 6, access: a user sees only their own transactions, whatever they send; other companies are out.
 
+The manage API too: users (not admins) and other companies are refused every call, and an admin
+never reads, replays or changes a row of another company (one is planted in the inbox for this).
+
 Alice tries every way to reach bob's (and the admin's, and another company's) transactions: user=,
 user__in, case and bracket variants, repeated parameters, bob's transaction ids, account and
 collection, pages beyond the end, orderings. Each answer is a 4xx refusal or a 200 holding only her
@@ -10,14 +13,16 @@ are followed to the end. Users of another company are refused whatever they send
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from urllib.parse import quote
 
 import requests
 
 from reliability.hostile import build
-from reliability.stack import Result, Run, by_status, progress
+from reliability.stack import COMPANY, Result, Run, by_status, progress
 from transactions import USER_FIELDS as USER_FIELD_NAMES
+from webhooks.inbox import Inbox
 
 USER_FIELDS = frozenset(USER_FIELD_NAMES)
 
@@ -82,6 +87,95 @@ class Judge:
             body = response.json()
 
 
+MANAGE_CALLS = (
+    ("GET", "/manage/api/status/", None),
+    ("GET", "/manage/api/events/", None),
+    ("GET", "/manage/api/events/?page_size=100&status=dead", None),
+    ("GET", "/manage/api/events/{planted}/", None),
+    ("POST", "/manage/api/events/{planted}/replay/", None),
+    ("POST", "/manage/api/events/replay-dead/", None),
+    ("GET", "/manage/api/settings/", None),
+    ("PATCH", "/manage/api/settings/", {"savings_percent": 55}),
+)
+STRANGER = "other"
+
+
+def _plant(run: Run) -> str:
+    """Store a dead event of another company in the shared service's inbox; return its id."""
+    planted = f"planted-{run.seed}"
+    inbox = Inbox(str(run.workdir / "service.sqlite3"))
+    try:
+        conn, now = inbox.connection(), time.time()
+        body = json.dumps({"id": planted, "event": "user.create", "company": STRANGER, "data": {}})
+        conn.execute(
+            "INSERT INTO webhook_events (company, id, event, body, status, attempts, received_at, updated_at)"
+            " VALUES (?, ?, 'user.create', ?, 'dead', 8, ?, ?) ON CONFLICT (company, id) DO NOTHING",
+            (STRANGER, planted, body, now, now),
+        )
+        return planted
+    finally:
+        inbox.close()
+
+
+def _planted_row(run: Run, planted: str) -> dict | None:
+    inbox = Inbox(str(run.workdir / "service.sqlite3"))
+    try:
+        rows = inbox.get(planted, STRANGER)
+        return rows[0] if rows else None
+    finally:
+        inbox.close()
+
+
+def _manage(run: Run, tokens: dict[str, str]) -> tuple[str, list[str]]:
+    """Every manage call as users and outsiders (refused) and as the admin (never another company's row)."""
+    service = run.shared_service()
+    planted = _plant(run)
+    problems: list[str] = []
+    refused: Counter[int] = Counter()
+    before = run.session.get(
+        f"{service.url}/manage/api/settings/",
+        headers={"Authorization": f"Token {tokens['admin@demo.test']}"},
+        timeout=15,
+    ).json()["data"]
+    for who in ("alice@demo.test", "bob@demo.test", "mallory@other.test", "other company's service"):
+        token = tokens.get(who, "local-other-admin-token")
+        for method, path, body in MANAGE_CALLS:
+            url = service.url + path.format(planted=planted)
+            response = run.seen.response(
+                run.session.request(
+                    method, url, headers={"Authorization": f"Token {token}"}, json=body, timeout=15
+                )
+            )
+            refused[response.status_code] += 1
+            if response.status_code != 403:
+                problems.append(f"manage {who} {method} {path}: {response.status_code}")
+    admin = {"Authorization": f"Token {tokens['admin@demo.test']}"}
+    seen_planted = 0
+    for method, path, _body in MANAGE_CALLS:
+        if method == "PATCH":
+            continue  # the admin may change settings; checked below to stay theirs
+        url = service.url + path.format(planted=planted)
+        response = run.seen.response(run.session.request(method, url, headers=admin, timeout=15))
+        text = response.text
+        if planted in text and "{planted}" not in path:
+            seen_planted += 1
+            problems.append(f"manage admin {method} {path}: shows another company's event")
+        if "{planted}" in path and response.status_code != 404:
+            problems.append(f"manage admin {method} {path}: {response.status_code}, not 404")
+    row = _planted_row(run, planted)
+    if row is None or row["status"] != "dead" or row["attempts"] != 8:
+        problems.append("manage: another company's dead event was changed by our admin")
+    after = run.session.get(f"{service.url}/manage/api/settings/", headers=admin, timeout=15).json()["data"]
+    if after != before:
+        problems.append(f"manage: settings changed by refused callers: {before} -> {after}")
+    changed = int(row is None or row["status"] != "dead")
+    figures = (
+        f"manage API: users and other companies refused {refused[403]}/{sum(refused.values())};"
+        f" another company's event shown to {COMPANY}'s admin: {seen_planted}, changed: {changed}"
+    )
+    return figures, problems
+
+
 def _json(response: requests.Response) -> object:
     try:
         return response.json()
@@ -94,7 +188,10 @@ def run(run: Run) -> Result:
     users = run.users()
     alice_id, bob_id = users["alice@demo.test"]["id"], users["bob@demo.test"]["id"]
     admin_id, mallory_id = users["admin@demo.test"]["id"], users["mallory@other.test"]["id"]
-    tokens = {email: run.login(email) for email in ("alice@demo.test", "bob@demo.test", "mallory@other.test")}
+    tokens = {
+        email: run.login(email)
+        for email in ("alice@demo.test", "bob@demo.test", "mallory@other.test", "admin@demo.test")
+    }
     truth = {
         user_id: run.control(f"transactions?company={company}&user={user_id}")
         for user_id, company in (
@@ -216,6 +313,9 @@ def run(run: Run) -> Result:
             if response.status_code != 403:
                 outsider_problems.append(f"{who} {params}: {response.status_code}")
 
+    manage_figures, manage_problems = _manage(run, tokens)
+    outsider_problems += manage_problems
+
     statuses = sum((judge.statuses for judge in judges), Counter())
     links = sum(judge.links for judge in judges)
     problems = [problem for judge in judges for problem in judge.problems] + outsider_problems
@@ -224,6 +324,7 @@ def run(run: Run) -> Result:
         f" someone else's transaction seen: {sum('someone else' in p for p in problems)};"
         f" {links} pagination links, pointing at Rehive: {sum('does not point' in p for p in problems)};"
         f" other company refused {outsiders[403]}/{sum(outsiders.values())};"
+        f" {manage_figures};"
         f" (not counted: a caller-sent Host is reflected in links: {'yes' if reflected else 'no'})"
     )
     progress(NAME, figures)

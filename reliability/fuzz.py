@@ -1,8 +1,9 @@
 """Check 4, fuzzing: schemathesis, driven by the service's own /openapi.yaml, against the live server.
 
-Three bounded runs with a fixed seed: the custom endpoint with a valid user token, the webhook
-receiver with the webhook secret, and every operation without credentials. Clean means no 5xx and no
-answer that breaks the document (status code, content type, headers, body schema).
+Four bounded runs with a fixed seed: the custom endpoint with a valid user token, the webhook
+receiver with the webhook secret, every operation without credentials, and the manage API as an
+admin. Clean means no 5xx and no answer that breaks the document (status code, content type,
+headers, body schema).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Pass:
     operation: str | None
     authorization: str | None
     max_examples: int
+    tag: str | None = None
 
 
 def _passes(run: Run) -> list[Pass]:
@@ -45,6 +47,7 @@ def _passes(run: Run) -> list[Pass]:
         Pass("as a user", "listTransactions", f"Token {run.login('alice@demo.test')}", 150),
         Pass("as Rehive", "receiveWebhook", f"Secret {run.canaries.webhook_secret}", 150),
         Pass("no credentials", None, None, 60),
+        Pass("as an admin", None, f"Token {run.login('admin@demo.test')}", 40, tag="manage"),
     ]
 
 
@@ -83,6 +86,8 @@ def _schemathesis(run: Run, fuzz: Pass, index: int) -> tuple[dict, list[dict], s
     ]
     if fuzz.operation:
         command += ["--include-operation-id", fuzz.operation]
+    if fuzz.tag:
+        command += ["--include-tag", fuzz.tag]
     if fuzz.authorization:
         command += ["--header", f"Authorization: {fuzz.authorization}"]
     env = {

@@ -10,7 +10,7 @@ from responses import matchers
 from app import create_app
 from tests.conftest import API, COMPANY, WEBHOOK_SECRET, webhook_body
 from webhooks import Event, WorkerPool, webhooks_of
-from webhooks.savings import auto_savings, savings_amount
+from webhooks.savings import auto_savings, savings_amount, savings_percent_for
 
 USER = "u-alice"
 MAIN = "ACC-MAIN"
@@ -275,10 +275,22 @@ def test_a_transaction_list_that_ignores_the_reference_filter_is_not_trusted(app
     _run(app, _event())
 
 
-def test_with_zero_percent_the_handler_is_not_registered(settings, rsps):
+def test_with_zero_percent_the_handler_does_nothing(settings, rsps):
     app = create_app(settings.replace(savings_percent=0))
-    assert auto_savings not in webhooks_of(app).registry.handlers_for("transaction.execute")
-    _run(app, _event())  # and, called anyway, it does nothing
+    _run(app, _event())  # the strict mock: no call to Rehive
+
+
+def test_the_companys_own_percent_wins_over_the_setting(settings, rsps):
+    app = create_app(settings.replace(savings_percent=0))
+    webhooks_of(app).inbox.set_company_setting(COMPANY, "savings_percent", 25)
+    webhooks_of(app).inbox.set_company_setting("other", "savings_percent", 0)
+    _ready(rsps)
+    _transfer(rsps, 308)  # 25 % of 1234, rounded down
+    _run(app, _event())
+    with app.app_context():
+        assert savings_percent_for(COMPANY) == 25
+        assert savings_percent_for("other") == 0
+        assert savings_percent_for("never-set") == 0
 
 
 def test_a_delivery_is_saved_once_and_a_failed_transfer_is_retried_with_the_same_key(app, rsps):

@@ -61,8 +61,8 @@ def init_app(app: Flask) -> Webhooks:
     inbox.create_schema()
     # The app's own registry: handlers added to it stay with this app; global ones apply to all.
     app_registry = Registry(parent=registry)
-    if settings.savings_percent > 0:
-        app_registry.add("transaction.execute", savings.auto_savings)
+    # Always on: the percent is per company and may be changed on the manage page (0: it does nothing).
+    app_registry.add("transaction.execute", savings.auto_savings)
     state = Webhooks(
         inbox=inbox,
         registry=app_registry,

@@ -8,6 +8,7 @@ try, a processing row when its lease runs out (its worker is presumed dead); don
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 import threading
@@ -446,3 +447,77 @@ class Inbox:
                 (name, now, now - every_seconds),
             )
         return cursor.rowcount == 1
+
+    # -- the manage page (issue 12) ----------------------------------------------------------
+    # Every method here takes the company and filters by it: the page shows one company's rows.
+    # Plain SQL that PostgreSQL runs as well (with %s for ?), to port into the two-backend store.
+
+    def create_manage_schema(self) -> None:
+        """Create the company_settings table (per-company settings edited on the manage page)."""
+        conn = self.connection()
+        with self._write(conn):
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS company_settings ("
+                " company TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,"
+                " updated_at REAL NOT NULL, PRIMARY KEY (company, name))"
+            )
+
+    def page_of(
+        self, company: str, status: str | None, event: str | None, offset: int, limit: int
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """Return how many of the company's rows match, and `limit` of them from `offset`, newest first."""
+        # Fixed fragments only; every value is a parameter.
+        filters, params = "", [company]
+        if status:
+            filters += " AND status = ?"
+            params.append(status)
+        if event:
+            filters += " AND event = ?"
+            params.append(event)
+        count_sql = "SELECT count(*) FROM webhook_events WHERE company = ?"
+        count_sql += filters
+        page_sql = "SELECT id, event, status, attempts, received_at, updated_at, last_error"
+        page_sql += " FROM webhook_events WHERE company = ?" + filters + " ORDER BY seq DESC LIMIT ? OFFSET ?"
+        conn = self.connection()
+        count = conn.execute(count_sql, params).fetchone()[0]
+        rows = conn.execute(page_sql, [*params, limit, offset])
+        return count, [dict(row) for row in rows]
+
+    def counts_of(self, company: str) -> dict[str, int]:
+        """Return how many of the company's rows are in each status."""
+        rows = self.connection().execute(
+            "SELECT status, count(*) AS n FROM webhook_events WHERE company = ? GROUP BY status", (company,)
+        )
+        return {row["status"]: row["n"] for row in rows}
+
+    def replay_dead_of(self, company: str, now: float | None = None) -> int:
+        """Put every dead event of the company back to received with no attempts; return how many."""
+        now = time.time() if now is None else now
+        conn = self.connection()
+        with self._write(conn):
+            return conn.execute(
+                "UPDATE webhook_events SET status = 'received', attempts = 0, due_at = ?,"
+                " lease_token = NULL, updated_at = ? WHERE company = ? AND status = 'dead'",
+                (now, now, company),
+            ).rowcount
+
+    def company_setting(self, company: str, name: str) -> Any:
+        """Return the company's setting `name` (JSON-decoded), or None when it was never set."""
+        row = (
+            self.connection()
+            .execute("SELECT value FROM company_settings WHERE company = ? AND name = ?", (company, name))
+            .fetchone()
+        )
+        return None if row is None else json.loads(row["value"])
+
+    def set_company_setting(self, company: str, name: str, value: Any, now: float | None = None) -> None:
+        """Store the company's setting `name` (as JSON), replacing any earlier value."""
+        now = time.time() if now is None else now
+        conn = self.connection()
+        with self._write(conn):
+            conn.execute(
+                "INSERT INTO company_settings (company, name, value, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (company, name) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (company, name, json.dumps(value), now),
+            )

@@ -10,6 +10,7 @@ from flask import current_app
 
 from rehive_client import RehiveBadResponse, RehiveClient, RehiveRequestError
 from webhooks.events import Event, derived_key
+from webhooks.extension import webhooks_of
 
 log = logging.getLogger("webhooks")
 
@@ -42,6 +43,14 @@ def _results(body: dict[str, Any]) -> list[Any]:
     if isinstance(data, dict):
         data = data.get("results")
     return data if isinstance(data, list) else []
+
+
+def savings_percent_for(company: str) -> int:
+    """Return the company's savings percent: set on the manage page, else SAVINGS_PERCENT."""
+    stored = webhooks_of().inbox.company_setting(company, "savings_percent")
+    if isinstance(stored, int) and not isinstance(stored, bool):
+        return stored
+    return current_app.config["SETTINGS"].savings_percent
 
 
 def savings_amount(amount: int, percent: int) -> int:
@@ -108,7 +117,7 @@ def auto_savings(event: Event, client: RehiveClient) -> None:
     The payload is only a hint: what is moved, from where and for whom comes from Rehive's own copy of
     the transaction, and the transfer is made once per source transaction, not once per delivery.
     """
-    percent = current_app.config["SETTINGS"].savings_percent
+    percent = savings_percent_for(event.company)
     hint = event.data
     # The hint may only spare a Rehive call for events that are no plain completed credit; it never
     # decides that money moves.
