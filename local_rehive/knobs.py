@@ -16,7 +16,7 @@ from typing import Any
 DEFAULT_RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # Rehive's 7 retries, compressed
 MAX_RETRIES = 7
 MAX_RETRY_DELAY = 3600.0  # Rehive's cap between two attempts
-FAULTS = ("latency_ms", "error_rate", "throttle", "throttle_retry_after", "down")
+FAULTS = ("latency_ms", "error_rate", "error_status", "throttle", "throttle_retry_after", "down")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Knobs:
 
     latency_ms: int = 0
     error_rate: float = 0.0
+    error_status: int = 500  # what `error_rate` answers: a 5xx is an outage, a 4xx a refusal
     throttle: bool = False
     throttle_retry_after: int = 2
     down: bool = False
@@ -34,6 +35,12 @@ class Knobs:
         _check(isinstance(self.latency_ms, int) and 0 <= self.latency_ms <= 60_000, "latency_ms", "0..60000")
         rate = self.error_rate
         _check(_is_number(rate) and 0.0 <= rate <= 1.0, "error_rate", "a number in 0..1")
+        status = self.error_status
+        _check(
+            isinstance(status, int) and 400 <= status <= 599 and status != 429,
+            "error_status",
+            "400..599, not 429",
+        )
         _check(isinstance(self.throttle, bool), "throttle", "true or false")
         wait = self.throttle_retry_after
         _check(isinstance(wait, int) and 0 <= wait <= 86_400, "throttle_retry_after", "seconds, 0..86400")
@@ -106,7 +113,11 @@ class FaultInjector:
             message = f"Request was throttled. Expected available in {wait} second{'' if wait == 1 else 's'}."
             return _error(start_response, "429 Too Many Requests", message, [("Retry-After", str(wait))])
         if knobs.error_rate and self._random.random() < knobs.error_rate:
-            return _error(start_response, "500 Internal Server Error", "Internal server error.", [])
+            if knobs.error_status >= 500:
+                return _error(
+                    start_response, f"{knobs.error_status} Server Error", "Internal server error.", []
+                )
+            return _error(start_response, f"{knobs.error_status} Refused", "Refused by the fault knob.", [])
         return self.app(environ, start_response)
 
 

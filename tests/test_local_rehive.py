@@ -740,11 +740,14 @@ def test_invalid_knobs_are_refused(rehive, change):
 
 
 def test_reset_clears_every_fault_but_keeps_retry_delays(rehive):
-    rehive.control("", {"latency_ms": 1, "error_rate": 0.5, "throttle": True, "down": True})
+    rehive.control(
+        "", {"latency_ms": 1, "error_rate": 0.5, "error_status": 400, "throttle": True, "down": True}
+    )
     knobs = rehive.control("reset", {})
     assert knobs == {
         "latency_ms": 0,
         "error_rate": 0.0,
+        "error_status": 500,
         "throttle": False,
         "throttle_retry_after": 2,
         "down": False,

@@ -453,9 +453,10 @@
     const answer = await call("/custom/transactions/?page_size=5", "GET", undefined, trial.alice);
     if (!answer.ok) return out("try-custom-out", answer.status + ": " + errorOf(answer), "bad");
     const data = answer.body.data;
-    const owners = new Set(data.results.map((tx) => tx.user && tx.user.email));
+    // A user sees Rehive's user-side fields only: no `user`, no partner's email (issue 9).
+    const fields = data.results.length ? Object.keys(data.results[0]).length : 0;
     out("try-custom-out", "200: " + data.results.length + " of her " + data.count +
-      " transactions, owners: " + [...owners].join(", ") + " (steps B–D)", "good");
+      " transactions, " + fields + " fields each, only her own (steps B–D)", "good");
   }
 
   async function tryCredit() {
