@@ -11,6 +11,7 @@ from flask import Flask, Response, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import auth
+import store.cli
 import transactions
 import webhooks
 from errors import register_error_handlers
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     admin.init_app(app)
     auth.init_app(app)
+    store.cli.init_app(app)
     app.register_blueprint(transactions.bp)
     webhooks.init_app(app)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import sqlite3
 import threading
 import time
 
@@ -14,6 +13,7 @@ from responses import matchers
 
 from app import create_app
 from settings import ConfigError
+from store import StoreUnavailable
 from tests.conftest import ADMIN_TOKEN, API, COMPANY, WEBHOOK_SECRET, webhook_body
 from webhooks import webhooks_of
 
@@ -212,7 +212,7 @@ def test_the_stored_row_keeps_the_raw_body(post_webhook, inbox):
 
 def test_a_storage_failure_is_503_not_an_acknowledgement(app, post_webhook, monkeypatch):
     def broken(*args, **kwargs):
-        raise sqlite3.OperationalError("disk I/O error")
+        raise StoreUnavailable("OperationalError: disk I/O error")
 
     monkeypatch.setattr(webhooks_of(app).inbox, "insert", broken)
     response = post_webhook()
@@ -221,9 +221,9 @@ def test_a_storage_failure_is_503_not_an_acknowledgement(app, post_webhook, monk
 
 
 def test_a_lock_failure_is_503_and_the_next_delivery_is_stored(app, post_webhook, inbox, monkeypatch):
-    import webhooks.inbox
+    import store.sqlite
 
-    real_flock = webhooks.inbox.fcntl.flock
+    real_flock = store.sqlite.fcntl.flock
     failures = iter([OSError("no locks on this filesystem")])
 
     def flaky_flock(fd, operation):
@@ -232,7 +232,7 @@ def test_a_lock_failure_is_503_and_the_next_delivery_is_stored(app, post_webhook
             raise error
         real_flock(fd, operation)
 
-    monkeypatch.setattr(webhooks.inbox.fcntl, "flock", flaky_flock)
+    monkeypatch.setattr(store.sqlite.fcntl, "flock", flaky_flock)
     refused = post_webhook(webhook_body(event_id=1))
     assert refused.status_code == 503
     assert inbox.list_events() == []

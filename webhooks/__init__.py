@@ -18,10 +18,11 @@ from werkzeug.serving import is_running_from_reloader
 from auth import our_company
 from errors import ApiError
 from rehive_client import RehiveError
+from store.cli import store_of
+from store.sqlite import SqliteStore as Inbox
 from webhooks import cli, receive, savings
 from webhooks.events import Event, derived_key, idempotency_key
 from webhooks.extension import Webhooks, parse_networks, secrets_of, webhooks_of
-from webhooks.inbox import Inbox
 from webhooks.registry import Handler, Registry, on, registry
 from webhooks.worker import WorkerPool
 
@@ -64,8 +65,7 @@ def serves_requests() -> bool:
 def init_app(app: Flask) -> Webhooks:
     """Create the inbox, register the endpoint and CLI, and start workers if this process serves."""
     settings = app.config["SETTINGS"]
-    inbox = Inbox(settings.database_path)
-    inbox.create_schema()
+    inbox = store_of(app)  # opened and upgraded by store.cli.init_app
     # The app's own registry: handlers added to it stay with this app; global ones apply to all.
     app_registry = Registry(parent=registry)
     if settings.savings_percent > 0:
@@ -82,6 +82,7 @@ def init_app(app: Flask) -> Webhooks:
     app.cli.add_command(cli.group)
     if settings.webhook_worker == "thread" and serves_requests():
         state.pool.start()
+        inbox.listen(state.pool.wake)  # other processes' new events (Postgres LISTEN; SQLite: polling)
         if settings.company is None:
             # Learn our company now, off the request path, so that a delivery does not wait on Rehive.
             threading.Thread(target=_learn_company, args=(app,), name="learn-company", daemon=True).start()

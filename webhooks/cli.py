@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
+import time
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
@@ -13,9 +15,9 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from store import REPLAYABLE, STATUSES
 from webhooks.events import is_sensitive, redact
 from webhooks.extension import webhooks_of
-from webhooks.inbox import REPLAYABLE, STATUSES
 from webhooks.worker import WorkerPool
 
 group = AppGroup("webhooks", help="Inspect, replay and process stored webhook events.")
@@ -136,6 +138,27 @@ def replay_command(event_id: str | None, company: str | None, all_dead: bool) ->
     )
 
 
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([dhm])$")
+_UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60}
+
+
+def _age(value: str) -> float:
+    match = _AGE.match(value.strip())
+    if not match:
+        raise click.BadParameter("use a number followed by d, h or m, e.g. 30d", param_hint="--older-than")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@group.command("prune")
+@click.option("--dead", is_flag=True, required=True, help="Delete dead events (done ones age out alone).")
+@click.option("--older-than", "older_than", required=True, help="Age of the last change, e.g. 30d, 12h.")
+def prune_command(dead: bool, older_than: str) -> None:
+    """Delete dead events whose last change is older than --older-than (they cannot be replayed after)."""
+    seconds = _age(older_than)
+    deleted = webhooks_of().inbox.prune_dead(time.time() - seconds)
+    click.echo(f"Deleted {deleted} dead event(s) older than {older_than}.")
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -159,6 +182,7 @@ def work_command(threads: int | None, drain: bool) -> None:
         return
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: finish the events in hand
     pool.start()
+    state.inbox.listen(pool.wake)
     click.echo(f"Processing webhooks with {pool.threads} thread(s); Ctrl-C to stop.")
     idle = threading.Event()
     try:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from flask import Flask
 
 from rehive_client import admin
+from store import Claim, Store
 from webhooks.events import Event, is_sensitive
-from webhooks.inbox import Claim, Inbox
 from webhooks.registry import Registry
 
 log = logging.getLogger("webhooks")
@@ -24,6 +24,8 @@ POLL_SECONDS = 0.5  # how soon work from other processes and due retries is noti
 # leases long is given up, so that another worker may try.
 MAX_RENEWED_LEASES = 10
 MAX_LOGGED_ERROR = 200
+RETENTION_CHECK_SECONDS = 60.0  # how often an idle process asks whether retention is due
+RETENTION_EVERY_SECONDS = 3600.0  # how often, across all processes and hosts, done rows are pruned
 
 
 def retry_delay(attempts: int, first: float, maximum: float) -> float:
@@ -48,7 +50,7 @@ class WorkerPool:
     def __init__(
         self,
         app: Flask,
-        inbox: Inbox,
+        inbox: Store,
         registry: Registry,
         *,
         threads: int,
@@ -70,6 +72,8 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._running: dict[int, tuple[Claim, float]] = {}  # seq -> (claim, monotonic start)
         self._running_lock = threading.Lock()
+        self._retention_lock = threading.Lock()
+        self._next_retention_check = 0.0
 
     @property
     def running(self) -> bool:
@@ -198,6 +202,28 @@ class WorkerPool:
         else:
             log.warning("webhook lease lost %s: another worker took it over", where)
 
+    def prune_if_due(self) -> int:
+        """Delete done rows older than WEBHOOK_RETENTION_DAYS, if no process did in the last hour."""
+        if not self._retention_lock.acquire(blocking=False):
+            return 0
+        try:
+            if time.monotonic() < self._next_retention_check:
+                return 0
+            self._next_retention_check = time.monotonic() + RETENTION_CHECK_SECONDS
+            now = self.clock()
+            if not self.inbox.acquire_periodic("prune_done", RETENTION_EVERY_SECONDS, now):
+                return 0
+            deleted = self.inbox.prune_done(now - self.settings.webhook_retention_days * 86_400)
+            if deleted:
+                log.info(
+                    "webhook retention deleted=%d done events older than %g days",
+                    deleted,
+                    self.settings.webhook_retention_days,
+                )
+            return deleted
+        finally:
+            self._retention_lock.release()
+
     # -- threads -----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -253,6 +279,10 @@ class WorkerPool:
                     log.exception("webhook worker error; trying again in %.1fs", self.poll_seconds)
                     busy = False
                 if not busy:
+                    try:
+                        self.prune_if_due()
+                    except Exception:  # retention can wait for the next round
+                        log.exception("webhook retention failed")
                     with self._wake:
                         if self._wakeups == seen and not self._stopping.is_set():
                             self._wake.wait(self.poll_seconds)
