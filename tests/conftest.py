@@ -87,9 +87,9 @@ def apps():
 
     yield build
     for app in built:
-        app.extensions["store"].shutdown()
         if "webhooks" in app.extensions:
             app.extensions["webhooks"].pool.stop()
+        app.extensions["store"].shutdown()
 
 
 @pytest.fixture

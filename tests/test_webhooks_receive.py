@@ -1,10 +1,11 @@
-"""POST /webhooks/: who may deliver, what is stored, and what Rehive is answered."""
+"""POST /webhooks/: who may deliver, what is stored, and what Rehive is answered (on both stores)."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import sys
 import threading
 import time
 
@@ -14,11 +15,18 @@ from responses import matchers
 from app import create_app
 from settings import ConfigError
 from store import StoreUnavailable
-from tests.conftest import ADMIN_TOKEN, API, COMPANY, WEBHOOK_SECRET, webhook_body
+from tests.conftest import ADMIN_TOKEN, API, BACKENDS, COMPANY, WEBHOOK_SECRET, both_backends, webhook_body
 from webhooks import webhooks_of
 
 REHIVE_IP = "34.91.230.165"
 GOOD = {"Authorization": f"Secret {WEBHOOK_SECRET}"}
+backend = pytest.fixture(params=BACKENDS)(both_backends)
+
+
+@pytest.fixture(autouse=True)
+def _apps_closed_after_the_test(apps, monkeypatch):
+    # Every app a test builds here is shut down after it (a Postgres store holds a pool).
+    monkeypatch.setattr(sys.modules[__name__], "create_app", apps)
 
 
 def _json(body: object) -> dict:
@@ -190,6 +198,7 @@ def test_unknown_events_are_stored_acknowledged_and_done(app, post_webhook, inbo
     assert [row["status"] for row in inbox.list_events()] == ["done"]
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # reads the database file
 def test_the_secret_is_neither_stored_nor_logged(app, post_webhook, settings, caplog):
     caplog.set_level(logging.DEBUG)
     webhooks_of(app).registry.on("*")(lambda event, client: None)
@@ -220,6 +229,7 @@ def test_a_storage_failure_is_503_not_an_acknowledgement(app, post_webhook, monk
     assert response.headers["Retry-After"]
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the SQLite lock file
 def test_a_lock_failure_is_503_and_the_next_delivery_is_stored(app, post_webhook, inbox, monkeypatch):
     import store.sqlite
 
