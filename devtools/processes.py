@@ -145,7 +145,9 @@ def start_local_rehive(args: tuple[str, ...] = (), port: int = 0, log_path: Path
 
 def service_env(base: Mapping[str, str], **settings: str) -> dict[str, str]:
     """Return an environment for the service: `base` with our settings, ready for a subprocess."""
-    env = {key: value for key, value in base.items() if not key.startswith(("REHIVE_", "WEBHOOK_"))}
+    env = {
+        key: value for key, value in base.items() if not key.startswith(("REHIVE_", "WEBHOOK_", "DATABASE_"))
+    }
     env.update(settings)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
