@@ -3,13 +3,18 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run demo test bench reliability lint format clean
+.PHONY: run demo test bench reliability lint format clean postgres
 
 # The venv is rebuilt whenever a requirements file changes.
 $(BIN)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
+
+# The tests, reliability and bench rows start a throwaway PostgreSQL cluster of their own: install
+# Debian's postgresql package first when no initdb is found (as root; CI runs on a fresh machine).
+postgres: $(BIN)/.installed
+	$(BIN)/python -m devtools.postgres --install
 
 # With a .env: gunicorn against the configured Rehive. Without: local mode (stand-in + service).
 run: $(BIN)/.installed
@@ -19,18 +24,18 @@ demo: $(BIN)/.installed
 	$(BIN)/python -m devtools.demo
 
 # The reliability suite (about a minute) runs before pytest, so that pytest's summary ends the output.
-test: $(BIN)/.installed
+test: $(BIN)/.installed postgres
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m reliability
 	$(BIN)/pytest
 
 # Throughput and latency against their floors, printed as one table (needs wrk: installed if missing).
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed postgres
 	$(BIN)/python -m bench
 
 # Crashes, upstream faults, hostile input, fuzzing, leaks and access, printed as one table.
-reliability: $(BIN)/.installed
+reliability: $(BIN)/.installed postgres
 	$(BIN)/python -m reliability
 
 lint: $(BIN)/.installed
