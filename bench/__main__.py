@@ -727,9 +727,11 @@ def measure(wrk: str, plan: Plan) -> tuple[list[Row], list[str]]:
             try:
                 set_latency(rehive.url, 0)
                 print("bench: ack, postgres ...", flush=True)
-                rows.append(
-                    ack_postgres_row(wrk, plan, servers, data, ack_floor, create_database(cluster, "ack"))
+                ack_pg = ack_postgres_row(
+                    wrk, plan, servers, data, ack_floor, create_database(cluster, "ack")
                 )
+                rows.append(ack_pg)
+                notes.append(f"ack, postgres: {ack_pg.data['storage']}.")
                 set_latency(rehive.url, plan.latency_ms)
                 print("bench: drain, postgres, one host then two ...", flush=True)
                 one = drain_postgres_row(plan, rehive.url, data, cluster, 1)
