@@ -117,8 +117,7 @@ def _run(run: Run, rng: random.Random, url: str) -> Result:
             WEBHOOK_RETRY_FIRST_SECONDS="0.2",
             WEBHOOK_RETRY_MAX_SECONDS="2",
         )
-        env.pop("DATABASE_PATH")
-        env["DATABASE_URL"] = url
+        env.update(DATABASE_PATH="", DATABASE_URL=url)
         envs[host], socks[host] = env, listening_socket()  # each host keeps its port across restarts
     try:
         for host in HOSTS:  # both at once on a fresh database: the schema is created exactly once
