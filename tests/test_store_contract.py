@@ -184,7 +184,7 @@ def test_probe_write_writes(store):
     store.probe_write()
 
 
-def test_a_store_that_cannot_be_reached_raises_store_unavailable(backend, tmp_path):
+def test_a_store_that_cannot_be_reached_raises_store_unavailable(backend, tmp_path, caplog):
     if backend == "sqlite":
         (tmp_path / "a-file").write_text("")
         url = f"sqlite:///{tmp_path}/a-file/inbox.sqlite3"  # its folder is a file
@@ -202,6 +202,7 @@ def test_a_store_that_cannot_be_reached_raises_store_unavailable(backend, tmp_pa
             assert "canary-password" not in str(caught.value)
     finally:
         broken.shutdown()
+    assert "canary-password" not in caplog.text
 
 
 def test_acquire_periodic_lets_one_caller_run_per_period(store, other):
@@ -311,3 +312,23 @@ def test_several_processes_starting_at_once_on_a_fresh_store_all_boot(database_u
     assert [out.decode().strip() for out, _ in results] == [newest] * 6
     upgraded = sum(err.decode().count(f"store schema upgraded to {newest}") for _, err in results)
     assert upgraded == 1  # exactly one process created the schema
+
+
+def test_a_new_schema_version_is_applied_to_a_store_at_the_previous_one(store, tmp_path, monkeypatch):
+    import shutil
+
+    import store as store_package
+
+    # A later release adds a table (say, company registrations) as version 3 of both backends.
+    sql = tmp_path / "sql"
+    shutil.copytree(store_package.SQL, sql)
+    for name in BACKENDS:
+        (sql / name / "0003_companies.sql").write_text(
+            "-- company registrations\nCREATE TABLE companies (\n    identifier TEXT PRIMARY KEY\n);\n"
+        )
+    monkeypatch.setattr(store_package, "SQL", sql)
+    _insert(store, "kept")
+    assert store.upgrade() == (2, 3)
+    assert store.schema_version() == 3
+    assert store.upgrade() == (3, 3)
+    assert [row["id"] for row in store.list_events()] == ["kept"]
