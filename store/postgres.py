@@ -48,6 +48,7 @@ log = logging.getLogger("webhooks")
 CHANNEL = "webhook_events"
 NOTIFY_INTERVAL = 0.05  # at most one NOTIFY per this many seconds per process
 LISTENER_RETRY_SECONDS = 1.0
+LISTEN_TIMEOUT_SECONDS = 0.5  # how often the listener looks up to see whether it should stop
 WORKER_WAIT_SECONDS = 30.0
 # Any constant both hosts agree on: the advisory lock held while the schema is created or upgraded.
 UPGRADE_LOCK = 0x7265686976655F31
@@ -101,7 +102,7 @@ class PostgresStore:
         self._token = uuid.uuid4().hex  # this process's NOTIFY payload, so it ignores its own
         self._notify_lock = threading.Lock()
         self._last_notify = 0.0
-        self._notify_pending = False
+        self._trailing: threading.Timer | None = None
         self._listener: threading.Thread | None = None
         self._listener_conn: psycopg.Connection | None = None
         self._stopping = threading.Event()
@@ -120,6 +121,9 @@ class PostgresStore:
     def shutdown(self) -> None:
         """Stop the listener and close every connection of the pool."""
         self._stopping.set()
+        with self._notify_lock:
+            if self._trailing is not None:
+                self._trailing.cancel()
         conn = self._listener_conn
         if conn is not None:
             with suppress(psycopg.Error, OSError):
@@ -191,7 +195,7 @@ class PostgresStore:
                     conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._token))
             stored = cursor.rowcount == 1
         if stored and not notify and self.listening:
-            self._notify_pending = True  # the listener sends it when the interval is over
+            self._notify_later()
         return stored
 
     def _should_notify(self) -> bool:
@@ -199,11 +203,31 @@ class PostgresStore:
             return False
         with self._notify_lock:
             now = time.monotonic()
-            if now - self._last_notify < NOTIFY_INTERVAL:
+            if now - self._last_notify < NOTIFY_INTERVAL or self._trailing is not None:
                 return False
             self._last_notify = now
-            self._notify_pending = False
             return True
+
+    def _notify_later(self) -> None:
+        """Send one NOTIFY when the interval is over, for the events it held back (the end of a burst)."""
+        with self._notify_lock:
+            if self._trailing is not None or self._stopping.is_set():
+                return
+            delay = max(0.0, self._last_notify + NOTIFY_INTERVAL - time.monotonic())
+            self._trailing = threading.Timer(delay, self._send_trailing)
+            self._trailing.daemon = True
+            self._trailing.start()
+
+    def _send_trailing(self) -> None:
+        with self._notify_lock:
+            self._trailing = None
+            self._last_notify = time.monotonic()
+        try:
+            with self._conn() as conn:
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._token))
+        except (psycopg.Error, psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed) as exc:
+            # Only a hint: the other processes' workers find the events on their next poll.
+            log.info("store could not send a wake-up (%s); workers will poll", type(exc).__name__)
 
     # -- waking ------------------------------------------------------------------------------
 
@@ -224,10 +248,9 @@ class PostgresStore:
                     conn.execute(f"LISTEN {CHANNEL}")  # again after every reconnect
                     wake()  # events may have arrived while we were not listening
                     while not self._stopping.is_set():
-                        for notify in conn.notifies(timeout=NOTIFY_INTERVAL):
+                        for notify in conn.notifies(timeout=LISTEN_TIMEOUT_SECONDS):
                             if notify.payload != self._token:
                                 wake()
-                        self._send_pending(conn)
             except psycopg.Error as exc:
                 if self._stopping.is_set():
                     return
@@ -235,17 +258,6 @@ class PostgresStore:
                 self._stopping.wait(LISTENER_RETRY_SECONDS)
             finally:
                 self._listener_conn = None
-
-    def _send_pending(self, conn: psycopg.Connection) -> None:
-        """Send the NOTIFY that the interval held back, now that it is over."""
-        if not self._notify_pending:
-            return
-        with self._notify_lock:
-            if time.monotonic() - self._last_notify < NOTIFY_INTERVAL:
-                return
-            self._last_notify = time.monotonic()
-            self._notify_pending = False
-        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._token))
 
     # -- processing --------------------------------------------------------------------------
 

@@ -278,11 +278,11 @@ class WorkerPool:
                 except Exception:  # a locked or broken database must not kill the thread
                     log.exception("webhook worker error; trying again in %.1fs", self.poll_seconds)
                     busy = False
+                try:  # busy or not (a service that is never idle must prune too); a no-op most rounds
+                    self.prune_if_due()
+                except Exception:  # retention can wait for the next round
+                    log.exception("webhook retention failed")
                 if not busy:
-                    try:
-                        self.prune_if_due()
-                    except Exception:  # retention can wait for the next round
-                        log.exception("webhook retention failed")
                     with self._wake:
                         if self._wakeups == seen and not self._stopping.is_set():
                             self._wake.wait(self.poll_seconds)
