@@ -81,6 +81,7 @@ class Cluster:
                 "stop",
             ],
             capture_output=True,
+            cwd=self.folder,
             check=False,
         )
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -97,7 +98,7 @@ def start_cluster(max_connections: int = 300) -> Cluster:
         os.chown(folder, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     data = folder / "data"
-    subprocess.run(
+    created = subprocess.run(
         [
             *as_user,
             str(bindir / "initdb"),
@@ -112,8 +113,13 @@ def start_cluster(max_connections: int = 300) -> Cluster:
             "--no-instructions",
         ],
         capture_output=True,
-        check=True,
+        cwd=folder,  # the postgres user may not enter the caller's folder (a clone under /root)
+        text=True,
+        check=False,
     )
+    if created.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise RuntimeError(f"initdb failed: {created.stderr.strip()}")
     with contextlib.closing(listening_socket()) as sock:  # a free port, released just before the start
         port = sock.getsockname()[1]
     options = (
@@ -136,6 +142,7 @@ def start_cluster(max_connections: int = 300) -> Cluster:
             "start",
         ],
         capture_output=True,
+        cwd=folder,  # the postgres user may not enter the caller's folder (a clone under /root)
         text=True,
         check=False,
     )
