@@ -51,6 +51,14 @@ LISTEN_TIMEOUT_SECONDS = 0.5  # how often the listener looks up to see whether i
 WORKER_WAIT_SECONDS = 30.0
 # Any constant both hosts agree on: the advisory lock held while the schema is created or upgraded.
 UPGRADE_LOCK = 0x7265686976655F31
+# One statement, so one round trip and its own transaction (autocommit): set_config(..., true) makes
+# synchronous_commit `on` for that transaction whatever the server's or role's default, so the commit
+# has reached the disk (of the primary, and of synchronous standbys if any) before we answer 202.
+INSERT = (
+    "INSERT INTO webhook_events (company, id, event, body, due_at, received_at, updated_at)"
+    " SELECT %s, %s, %s, %s, %s, %s, %s FROM (SELECT set_config('synchronous_commit', 'on', true)) AS durable"
+    " ON CONFLICT (company, id) DO NOTHING"
+)
 LATEST_VERSION = "SELECT coalesce(max(version), 0) AS v FROM schema_migrations"
 COLUMNS = (
     "company, id, event, body, status, attempts, due_at, lease_token, last_error, traceback,"
@@ -179,22 +187,13 @@ class PostgresStore:
     def insert(self, company: str, event_id: str, event: str, body: str, now: float | None = None) -> bool:
         """Store a delivery, committed durably; return False if (company, id) was already stored."""
         now = time.time() if now is None else now
-        notify = self._should_notify()
-        # One round trip for the whole transaction (pipeline mode), not one per statement.
         with self._conn() as conn:
-            with conn.pipeline(), conn.transaction():
-                # On whatever the server's default: a 202 must mean the commit reached the disk.
-                conn.execute("SET LOCAL synchronous_commit = on")
-                cursor = conn.execute(
-                    "INSERT INTO webhook_events (company, id, event, body, due_at, received_at, updated_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (company, id) DO NOTHING",
-                    (company, event_id, event, body, now, now, now),
-                )
-                if notify:  # also for a duplicate: a spare wake-up costs one empty look
-                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._token))
-            stored = cursor.rowcount == 1
-        if stored and not notify and self.listening:
-            self._notify_later()
+            stored = conn.execute(INSERT, (company, event_id, event, body, now, now, now)).rowcount == 1
+            if stored and self._should_notify():
+                # After the commit, as its own statement: NOTIFY is only a hint (polling backs it up).
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self._token))
+            elif stored and self.listening:
+                self._notify_later()
         return stored
 
     def _should_notify(self) -> bool:

@@ -171,3 +171,19 @@ def test_the_pool_is_capped_per_process(postgres_url, stores):
         thread.join()
     assert store.counts() == {"received": 12}
     assert store._pool.get_stats()["pool_size"] <= 3
+
+
+def test_a_delivery_is_committed_with_synchronous_commit_on_whatever_the_default(postgres_url, stores):
+    from store.postgres import INSERT
+
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {urlsplit(postgres_url).path.strip('/')} SET synchronous_commit = off")
+    store = stores(postgres_url)
+    assert store.insert("acme", "1", "e", "{}")
+    # The same statement inside a transaction we can look into: it turns synchronous_commit on for it.
+    with psycopg.connect(postgres_url) as conn:
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("off",)
+        conn.execute(INSERT, ("acme", "2", "e", "{}", 1.0, 1.0, 1.0))
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        conn.rollback()
+    assert store.get("1")[0]["status"] == "received"
