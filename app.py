@@ -15,6 +15,7 @@ import logs
 import manage
 import operations
 import quota
+import store.cli
 import transactions
 import webhooks
 from errors import register_error_handlers
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     companies.init_app(app)
     auth.init_app(app)
     quota.init_app(app)
+    store.cli.init_app(app)
     app.register_blueprint(transactions.bp)
     webhooks.init_app(app)
     operations.init_app(app)

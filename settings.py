@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 import limits
 
+import store
+
 DEFAULT_API_URL = "https://api.rehive.com/3/"
 
 
@@ -34,6 +36,11 @@ class Settings:
     read_timeout: float = 10.0
     webhook_allowed_ips: frozenset[str] = frozenset()
     database_path: str = "instance/extension.sqlite3"
+    # DATABASE_URL (may carry a password: hidden from repr); empty: database_path, as SQLite.
+    database_url: str = field(default="", repr=False)
+    database_pool_size: int = 10
+    database_listen: bool = True
+    webhook_retention_days: float = 30.0
     webhook_max_bytes: int = 1_048_576
     webhook_worker: str = "thread"
     webhook_worker_threads: int = 4
@@ -113,6 +120,21 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if webhook_url and not webhook_url.startswith(("http://", "https://")):
         problems.append(f"WEBHOOK_URL must be an http(s) URL, got {webhook_url!r}")
 
+    database_url = env.get("DATABASE_URL", "")
+    database_path = env.get("DATABASE_PATH", "")
+    if database_url and database_path:
+        problems.append("set DATABASE_URL or DATABASE_PATH (a shorthand for a SQLite file), not both")
+    elif database_url:
+        try:
+            store.check_url(database_url)
+        except store.StoreURLError as exc:
+            problems.append(str(exc))
+    elif not database_path:
+        database_url = store.DEFAULT_URL
+    listen = (env.get("DATABASE_LISTEN") or "on").lower()
+    if listen not in ("on", "off"):
+        problems.append(f"DATABASE_LISTEN must be 'on' or 'off', got {listen!r}")
+
     settings = Settings(
         admin_token=required("REHIVE_ADMIN_TOKEN"),
         webhook_secret=required("REHIVE_WEBHOOK_SECRET"),
@@ -126,7 +148,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         cors_origins=_list(env.get("CORS_ORIGINS", "")),
         read_timeout=number("REHIVE_TIMEOUT", 10.0, float, 0.001),
         webhook_allowed_ips=frozenset(_list(env.get("WEBHOOK_ALLOWED_IPS", ""))),
-        database_path=env.get("DATABASE_PATH") or "instance/extension.sqlite3",
+        database_path=database_path or "instance/extension.sqlite3",
+        database_url=database_url,
+        database_pool_size=number("DATABASE_POOL_SIZE", 10, int, 1),
+        database_listen=listen != "off",
+        webhook_retention_days=number("WEBHOOK_RETENTION_DAYS", 30.0, float, 0.001),
         webhook_max_bytes=number("WEBHOOK_MAX_BYTES", 1_048_576, int, 1),
         webhook_worker=worker,
         webhook_worker_threads=number("WEBHOOK_WORKER_THREADS", 4, int, 1),

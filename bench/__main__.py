@@ -11,6 +11,9 @@ Rows (each a ratio to a floor measured in the same run, on the same machine, und
 - drain: stored events processed by the app's worker pool, one upstream call each; floor: the ideal
   rate, threads / LATENCY_MS.
 - memory: the peak RSS (VmHWM) of the service's gunicorn workers after their runs.
+- ack, postgres: the ack row with DATABASE_URL on a throwaway PostgreSQL cluster; the same floor.
+- drain, postgres 1 host / 2 hosts: the drain row on PostgreSQL, in one process, then in two
+  processes draining one inbox together (the two/one ratio is printed; it should approach 2).
 
 A benchmark reports; it does not assert: the exit code is 0 whenever the run itself worked.
 """
@@ -38,8 +41,10 @@ from typing import Any
 
 import requests
 
+from devtools.postgres import Cluster, create_database, start_cluster
 from devtools.processes import ROOT, Process, service_env, start_local_rehive, start_service
 from devtools.stand_in import LOCAL_ADMIN_TOKEN
+from store import open_store
 
 OUT = ROOT / "bench" / "out"
 LOAD_SCRIPT = Path(__file__).with_name("load.lua")  # wrk's own request, as fast as it goes
@@ -265,7 +270,7 @@ class Servers:
             REHIVE_ADMIN_TOKEN=LOCAL_ADMIN_TOKEN,
             REHIVE_COMPANY=COMPANY,
             REHIVE_WEBHOOK_SECRET=self.secret,
-            DATABASE_PATH=str(database),
+            **({"DATABASE_PATH": str(database)} if "DATABASE_URL" not in settings else {}),
             CUSTOM_RATE_LIMIT="1000000000/minute",  # wrk sends one user's token as fast as it can
             **settings,
         )
@@ -351,8 +356,10 @@ def check_storage(load: Load, rows: int) -> tuple[bool, str]:
     return ok, text + (" (equal)" if ok and rows == acked else "")
 
 
-def ack_rows(wrk: str, plan: Plan, servers: Servers, data: str, notes: list[str]) -> tuple[Row, Process]:
-    """Measure the bare floor, then the service; return the ack row and the (running) service."""
+def ack_rows(
+    wrk: str, plan: Plan, servers: Servers, data: str, notes: list[str]
+) -> tuple[Row, Process, Load]:
+    """Measure the bare floor, then the service; return the ack row, the (running) service, the floor."""
     headers = ("Content-Type: application/json", f"Authorization: Secret {servers.secret}")
 
     def drive(process: Process, prefix: str, seconds: int) -> Load:
@@ -409,7 +416,109 @@ def ack_rows(wrk: str, plan: Plan, servers: Servers, data: str, notes: list[str]
             "floor_cpu_ms_per_request": _cpu_per_request(floor),
         },
     )
-    return row, service
+    return row, service, floor
+
+
+def ack_postgres_row(wrk: str, plan: Plan, servers: Servers, data: str, floor: Load, url: str) -> Row:
+    """The ack row with the inbox on PostgreSQL, against the same bare floor."""
+    headers = ("Content-Type: application/json", f"Authorization: Secret {servers.secret}")
+    service = servers.service("service-pg", DATABASE_URL=url)
+    common = {
+        "connections": plan.ack_connections,
+        "threads": plan.wrk_threads,
+        "headers": headers,
+        "watch": (service,),
+    }
+    run_wrk(wrk, service.url + "/webhooks/", seconds=plan.warmup_seconds, webhook=("warm", data), **common)
+    load = run_wrk(wrk, service.url + "/webhooks/", seconds=plan.seconds, webhook=("run", data), **common)
+    servers.stop(service)
+    store = open_store(url, listen=False, pool_size=1)
+    try:
+        rows, last = 0, 0
+        while batch := store.export_rows(last, 5000):
+            rows += sum(row["id"].startswith("run-") for row in batch)
+            last = batch[-1]["seq"]
+    finally:
+        store.shutdown()
+    stored_ok, stored_text = check_storage(load, rows)
+    ratio = load.rps / floor.rps if floor.rps else 0.0
+    why = []
+    if ratio < 0.5:
+        why.append(f"throughput {ratio:.3f} of the floor < 0.5")
+    if load.p99_ms >= 50:
+        why.append(f"p99 {load.p99_ms:.1f} ms >= 50 ms")
+    if not stored_ok:
+        why.append("inbox rows do not match the 202s: " + stored_text)
+    if load.failed:
+        why.append(f"errors: {load.errors}")
+    return Row(
+        name="ack, postgres",
+        measured=fmt_load(load),
+        floor=fmt_load(floor),
+        ratio=f"{ratio:.3f} x req/s",
+        goal=">= 0.5 x req/s, p99 < 50 ms",
+        met=not why,
+        why="; ".join(why),
+        data={
+            "service": load.as_json(),
+            "ratio_rps": ratio,
+            "stored_rows": rows,
+            "storage_ok": stored_ok,
+            "storage": stored_text,
+            "cpu_ms_per_request": _cpu_per_request(load),
+        },
+    )
+
+
+def _drain_command(plan: Plan, rehive_url: str, data: str, url: str, *flags: str) -> list[str]:
+    sizes = ["--events", str(plan.drain_events), "--threads", str(plan.drain_threads), "--data", data]
+    return [sys.executable, "-m", "bench.drain", "--rehive", rehive_url, "--url", url, *flags, *sizes]
+
+
+def drain_postgres_row(plan: Plan, rehive_url: str, data: str, cluster: Cluster, hosts: int) -> Row:
+    """Store the drain events in a fresh Postgres database, then drain them with `hosts` processes."""
+    url = create_database(cluster, f"drain_{hosts}")
+    log_path = OUT / "logs" / f"drain-pg-{hosts}.log"
+    with open(log_path, "wb") as log:
+        stored = subprocess.run(
+            _drain_command(plan, rehive_url, data, url, "--store-only"), cwd=ROOT, stderr=log, timeout=300
+        )
+        if stored.returncode != 0:
+            raise RuntimeError(f"bench.drain --store-only failed; see {log_path}")
+        drainers = [
+            subprocess.Popen(
+                _drain_command(plan, rehive_url, data, url, "--no-store"),
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+            for _ in range(hosts)
+        ]
+        outputs = [drainer.communicate(timeout=300)[0].decode() for drainer in drainers]
+    results = []
+    for drainer, output in zip(drainers, outputs, strict=True):
+        line = next((ln for ln in output.splitlines() if ln.startswith("BENCH_DRAIN ")), None)
+        if drainer.returncode != 0 or line is None:
+            raise RuntimeError(f"bench.drain failed ({drainer.returncode}); see {log_path}")
+        results.append(json.loads(line.removeprefix("BENCH_DRAIN ")))
+    seconds = max(r["finished"] for r in results) - min(r["started"] for r in results)
+    done = min(r["done"] for r in results)
+    rate = done / seconds if seconds > 0 else 0.0
+    ideal = hosts * plan.drain_threads / (plan.latency_ms / 1000)
+    ratio = rate / ideal
+    why = []
+    if done != plan.drain_events:
+        why.append(f"only {done} of {plan.drain_events} done: {results[0]['counts']}")
+    return Row(
+        name=f"drain, postgres {hosts} host{'s' if hosts > 1 else ''}",
+        measured=f"{rate:7.0f} ev/s   {done} events in {seconds:.2f} s",
+        floor=f"{ideal:7.0f} ev/s   {hosts} x {plan.drain_threads} threads / {plan.latency_ms} ms",
+        ratio=f"{ratio:.3f} x ideal",
+        goal="reported",
+        met=None if not why else False,
+        why="; ".join(why),
+        data={"events_per_second": rate, "seconds": seconds, "hosts": hosts, "per_process": results},
+    )
 
 
 def _cpu_per_request(load: Load) -> float | None:
@@ -557,7 +666,7 @@ def measure(wrk: str, plan: Plan) -> tuple[list[Row], list[str]]:
             peaks: dict[str, list[float]] = {}
 
             print("bench: ack (bare floor, then the service) ...", flush=True)
-            ack, service = ack_rows(wrk, plan, servers, data, notes)
+            ack, service, ack_floor = ack_rows(wrk, plan, servers, data, notes)
             rows.append(ack)
 
             set_latency(rehive.url, plan.latency_ms)
@@ -613,6 +722,30 @@ def measure(wrk: str, plan: Plan) -> tuple[list[Row], list[str]]:
             drain = drain_row(plan, rehive.url, data)
             rows.append(drain)
             rows.append(memory_row(peaks, ack.data["floor_peak_rss_mib"]))
+
+            print("bench: postgres (a throwaway cluster) ...", flush=True)
+            cluster = start_cluster()
+            try:
+                set_latency(rehive.url, 0)
+                print("bench: ack, postgres ...", flush=True)
+                ack_pg = ack_postgres_row(
+                    wrk, plan, servers, data, ack_floor, create_database(cluster, "ack")
+                )
+                rows.append(ack_pg)
+                notes.append(f"ack, postgres: {ack_pg.data['storage']}.")
+                set_latency(rehive.url, plan.latency_ms)
+                print("bench: drain, postgres, one host then two ...", flush=True)
+                one = drain_postgres_row(plan, rehive.url, data, cluster, 1)
+                two = drain_postgres_row(plan, rehive.url, data, cluster, 2)
+                rows += [one, two]
+                scale = two.data["events_per_second"] / one.data["events_per_second"]
+                two.data["two_over_one"] = scale
+                notes.append(
+                    f"drain on postgres: two hosts / one host = {scale:.2f} (each host {plan.drain_threads}"
+                    f" worker threads, {plan.latency_ms} ms per handler; 2.00 would be perfect scaling)."
+                )
+            finally:
+                cluster.stop()
 
             drift = again.p50_ms / floor.p50_ms - 1 if floor.p50_ms else 0.0
             notes.append(

@@ -145,8 +145,15 @@ def start_local_rehive(args: tuple[str, ...] = (), port: int = 0, log_path: Path
 
 def service_env(base: Mapping[str, str], **settings: str) -> dict[str, str]:
     """Return an environment for the service: `base` with our settings, ready for a subprocess."""
-    env = {key: value for key, value in base.items() if not key.startswith(("REHIVE_", "WEBHOOK_"))}
+    env = {
+        key: value for key, value in base.items() if not key.startswith(("REHIVE_", "WEBHOOK_", "DATABASE_"))
+    }
     env.update(settings)
+    # The store is named one way or the other; the other is set empty, so that a developer's .env
+    # (read by the app, never overriding the environment) cannot add it and stop the start.
+    if "DATABASE_URL" in settings or "DATABASE_PATH" in settings:
+        env.setdefault("DATABASE_URL", "")
+        env.setdefault("DATABASE_PATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

@@ -20,11 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from reliability import access, crash, fuzz, hostile, leaks, proxy, upstream
+from reliability import access, crash, fuzz, hostile, hosts, leaks, proxy, upstream
 from reliability.stack import Result, Run, progress
 
-# The table lists the checks in this order. They run in it too, except that the leak scan (5) runs
-# last, so that it covers every answer, log line and row the others produced.
+# The table lists the checks in this order. They run in it too, except that the two-host crash check
+# (7) runs right after the crash check (1), and the leak scan (5) runs last, so that it covers every
+# answer, log line and row the others produced.
 CHECKS: dict[str, Callable[[Run], Result]] = {
     "crash": crash.run,
     "upstream": upstream.run,
@@ -32,9 +33,10 @@ CHECKS: dict[str, Callable[[Run], Result]] = {
     "fuzz": fuzz.run,
     "leaks": leaks.run,
     "access": access.run,
+    "hosts": hosts.run,
     "proxy": proxy.run,
 }
-RUN_ORDER = ("crash", "upstream", "hostile", "fuzz", "access", "proxy", "leaks")
+RUN_ORDER = ("crash", "hosts", "upstream", "hostile", "fuzz", "access", "proxy", "leaks")
 DEFAULT_SEED = 20_260_601
 
 

@@ -67,15 +67,19 @@ def _uuid4(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
-def _create_credits(run: Run, rng: random.Random) -> tuple[list[Credit], list[dict]]:
-    """Create the credits in the stand-in; return them and their admin transaction objects."""
+def _create_credits(run: Run, rng: random.Random, base: int = 100) -> tuple[list[Credit], list[dict]]:
+    """Create the credits in the stand-in; return them and their admin transaction objects.
+
+    Qualifying credits are worth 10 x (base + n): another check passes another base, so that the
+    savings transfers of each check can be told apart in the one stand-in.
+    """
     users = run.users()
     plan = []
     for n in range(CREDITS):
         user_id = users[rng.choice(USERS)]["id"]
         kind = rng.random()
         if kind < 0.7:  # qualifying: Complete, and an amount whose share is unique in the run
-            status, amount = "Complete", 10 * (100 + n)
+            status, amount = "Complete", 10 * (base + n)
         elif kind < 0.85:  # executed but Failed: nothing to save
             status, amount = "Failed", rng.randint(100, 10_000)
         else:  # Complete but too small: 10 % of it rounds down to 0

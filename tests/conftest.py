@@ -1,12 +1,19 @@
-"""Fixtures: a fresh app per test on a temp database, and a strict mock of Rehive."""
+"""Fixtures: a fresh app per test on a temp database, and a strict mock of Rehive.
+
+The store is SQLite unless a test module asks for `backend` over BACKENDS (see `both_backends`):
+then it also runs on a fresh database of a real PostgreSQL cluster that this test session starts.
+"""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import responses
 
 import companies
 from app import create_app
+from devtools.postgres import Cluster, create_database, drop_database, start_cluster
 from settings import Settings
 
 API = "https://rehive.test/3/"
@@ -29,21 +36,80 @@ def _admin_token_of_our_company(request, monkeypatch):
     monkeypatch.setattr(companies.CompanyOfAdmin, "_ask_rehive", configured_or_ask)
 
 
+BACKENDS = ("sqlite", "postgres")
+_databases = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway PostgreSQL cluster for the whole session (never skipped: installed by `make test`)."""
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
-def settings(tmp_path) -> Settings:
+def postgres_url(request) -> str:
+    """The URL of a fresh, empty database of the session's cluster, dropped after the test."""
+    cluster: Cluster = request.getfixturevalue("postgres_cluster")
+    name = f"test_{next(_databases)}"
+    url = create_database(cluster, name)
+    yield url
+    drop_database(cluster, name)
+
+
+@pytest.fixture
+def backend() -> str:
+    """The store backend of this test's app (modules that run on both override it)."""
+    return "sqlite"
+
+
+def both_backends(request) -> str:
+    """A `backend` fixture over both stores: `backend = pytest.fixture(params=BACKENDS)(both_backends)`."""
+    return request.param
+
+
+@pytest.fixture
+def database_url(request, backend, tmp_path) -> str:
+    """The DATABASE_URL of this test: a temp SQLite file, or a fresh Postgres database."""
+    if backend == "postgres":
+        return request.getfixturevalue("postgres_url")
+    return "sqlite:///" + str(tmp_path / "inbox.sqlite3")
+
+
+@pytest.fixture
+def settings(tmp_path, database_url) -> Settings:
     return Settings(
         admin_token=ADMIN_TOKEN,
         webhook_secret=WEBHOOK_SECRET,
         rehive_api_url=API,
         company=COMPANY,
         database_path=str(tmp_path / "inbox.sqlite3"),
+        database_url=database_url,
         webhook_worker="off",
     )
 
 
 @pytest.fixture
-def app(settings):
-    return create_app(settings)
+def apps():
+    """Build apps with create_app; their stores are shut down after the test (pools, listeners)."""
+    built = []
+
+    def build(settings: Settings):
+        app = create_app(settings)
+        built.append(app)
+        return app
+
+    yield build
+    for app in built:
+        if "webhooks" in app.extensions:
+            app.extensions["webhooks"].pool.stop()
+        app.extensions["store"].shutdown()
+
+
+@pytest.fixture
+def app(settings, apps):
+    return apps(settings)
 
 
 @pytest.fixture

@@ -88,3 +88,59 @@ def test_create_app_reads_dotenv_without_overriding_the_environment(environ, tmp
     app = create_app()
     assert app.config["SETTINGS"].admin_token == "from-dotenv"
     assert app.config["SETTINGS"].company == "env-co"
+
+
+def test_the_store_defaults_to_sqlite_in_the_project_instance_folder():
+    from devtools.processes import ROOT
+    from store import sqlite_path, url_of
+
+    settings = load_settings(MINIMAL)
+    assert settings.database_url == "sqlite:///instance/extension.sqlite3"
+    assert sqlite_path(url_of(settings)) == str(ROOT / "instance" / "extension.sqlite3")
+    assert (settings.database_pool_size, settings.database_listen, settings.webhook_retention_days) == (
+        10,
+        True,
+        30,
+    )
+    assert sqlite_path("sqlite:////abs/inbox.db") == "/abs/inbox.db"
+
+
+def test_database_path_is_a_sqlite_shorthand():
+    from store import url_of
+
+    settings = load_settings({**MINIMAL, "DATABASE_PATH": "/tmp/x/inbox.sqlite3"})
+    assert url_of(settings) == "sqlite:////tmp/x/inbox.sqlite3"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"DATABASE_URL": "sqlite:///a.db", "DATABASE_PATH": "b.db"}, "not both"),
+        ({"DATABASE_URL": "mysql://u:pw-canary@h/db"}, "'mysql'"),
+        ({"DATABASE_URL": "inbox.sqlite3"}, "'(none)'"),
+        ({"DATABASE_URL": "sqlite://relative.db"}, "sqlite:///"),
+        ({"DATABASE_URL": "postgresql://u:pw-canary@h:5432"}, "names no database"),
+        ({"DATABASE_LISTEN": "maybe"}, "DATABASE_LISTEN"),
+        ({"DATABASE_POOL_SIZE": "0"}, "DATABASE_POOL_SIZE"),
+        ({"WEBHOOK_RETENTION_DAYS": "-1"}, "WEBHOOK_RETENTION_DAYS"),
+    ],
+)
+def test_a_bad_store_setting_stops_the_start_naming_it_and_never_the_password(env, named):
+    with pytest.raises(ConfigError) as caught:
+        load_settings({**MINIMAL, **env})
+    assert named in str(caught.value)
+    assert "pw-canary" not in str(caught.value)
+
+
+def test_postgres_settings_are_read():
+    settings = load_settings(
+        {
+            **MINIMAL,
+            "DATABASE_URL": "postgresql://u:pw-canary@db.internal:5432/inbox?sslmode=require",
+            "DATABASE_POOL_SIZE": "4",
+            "DATABASE_LISTEN": "off",
+        }
+    )
+    assert settings.database_url.endswith("/inbox?sslmode=require")
+    assert (settings.database_pool_size, settings.database_listen) == (4, False)
+    assert "pw-canary" not in repr(settings)

@@ -11,8 +11,10 @@ from click.testing import CliRunner
 from flask.cli import FlaskGroup
 
 from app import create_app
-from tests.conftest import COMPANY, webhook_body
+from tests.conftest import BACKENDS, COMPANY, both_backends, webhook_body
 from webhooks import webhooks_of
+
+backend = pytest.fixture(params=BACKENDS)(both_backends)
 
 
 def _store(app, event_id, event="test.event", data=None, company=COMPANY) -> None:
@@ -179,3 +181,5 @@ def test_cli_commands_do_not_start_workers(settings):
     assert result.exit_code == 0, result.output
     assert apps
     assert not any(webhooks_of(app).pool.running for app in apps)
+    for app in apps:
+        app.extensions["store"].shutdown()

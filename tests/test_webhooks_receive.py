@@ -1,11 +1,11 @@
-"""POST /webhooks/: who may deliver, what is stored, and what Rehive is answered."""
+"""POST /webhooks/: who may deliver, what is stored, and what Rehive is answered (on both stores)."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
-import sqlite3
+import sys
 import threading
 import time
 
@@ -14,11 +14,19 @@ from responses import matchers
 
 from app import create_app
 from settings import ConfigError
-from tests.conftest import ADMIN_TOKEN, API, COMPANY, WEBHOOK_SECRET, webhook_body
+from store import StoreUnavailable
+from tests.conftest import ADMIN_TOKEN, API, BACKENDS, COMPANY, WEBHOOK_SECRET, both_backends, webhook_body
 from webhooks import webhooks_of
 
 REHIVE_IP = "34.91.230.165"
 GOOD = {"Authorization": f"Secret {WEBHOOK_SECRET}"}
+backend = pytest.fixture(params=BACKENDS)(both_backends)
+
+
+@pytest.fixture(autouse=True)
+def _apps_closed_after_the_test(apps, monkeypatch):
+    # Every app a test builds here is shut down after it (a Postgres store holds a pool).
+    monkeypatch.setattr(sys.modules[__name__], "create_app", apps)
 
 
 def _json(body: object) -> dict:
@@ -190,6 +198,7 @@ def test_unknown_events_are_stored_acknowledged_and_done(app, post_webhook, inbo
     assert [row["status"] for row in inbox.list_events()] == ["done"]
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # reads the database file
 def test_the_secret_is_neither_stored_nor_logged(app, post_webhook, settings, caplog):
     caplog.set_level(logging.DEBUG)
     webhooks_of(app).registry.on("*")(lambda event, client: None)
@@ -212,7 +221,7 @@ def test_the_stored_row_keeps_the_raw_body(post_webhook, inbox):
 
 def test_a_storage_failure_is_503_not_an_acknowledgement(app, post_webhook, monkeypatch):
     def broken(*args, **kwargs):
-        raise sqlite3.OperationalError("disk I/O error")
+        raise StoreUnavailable("OperationalError: disk I/O error")
 
     monkeypatch.setattr(webhooks_of(app).inbox, "insert", broken)
     response = post_webhook()
@@ -220,10 +229,11 @@ def test_a_storage_failure_is_503_not_an_acknowledgement(app, post_webhook, monk
     assert response.headers["Retry-After"]
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # the SQLite lock file
 def test_a_lock_failure_is_503_and_the_next_delivery_is_stored(app, post_webhook, inbox, monkeypatch):
-    import webhooks.inbox
+    import store.sqlite
 
-    real_flock = webhooks.inbox.fcntl.flock
+    real_flock = store.sqlite.fcntl.flock
     failures = iter([OSError("no locks on this filesystem")])
 
     def flaky_flock(fd, operation):
@@ -232,7 +242,7 @@ def test_a_lock_failure_is_503_and_the_next_delivery_is_stored(app, post_webhook
             raise error
         real_flock(fd, operation)
 
-    monkeypatch.setattr(webhooks.inbox.fcntl, "flock", flaky_flock)
+    monkeypatch.setattr(store.sqlite.fcntl, "flock", flaky_flock)
     refused = post_webhook(webhook_body(event_id=1))
     assert refused.status_code == 503
     assert inbox.list_events() == []

@@ -1,8 +1,12 @@
-"""Processing outside the request: claims, leases, retries with backoff, dead events, replay."""
+"""Processing outside the request: claims, leases, retries with backoff, dead events, replay.
+
+Runs on both stores (SQLite, and a real PostgreSQL), except where a test says otherwise.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import Counter
@@ -12,11 +16,33 @@ from responses import matchers
 
 from app import create_app
 from rehive_client import RehiveBadResponse, RehiveRequestError, RehiveTimeout, RehiveUnavailable
-from tests.conftest import API, COMPANY, WEBHOOK_SECRET, webhook_body
-from webhooks import Inbox, Registry, WorkerPool, webhooks_of
+from store import Store, open_store
+from tests.conftest import API, BACKENDS, COMPANY, WEBHOOK_SECRET, both_backends, webhook_body
+from webhooks import Registry, WorkerPool, webhooks_of
 from webhooks.worker import retry_delay
 
 GOOD = {"Authorization": f"Secret {WEBHOOK_SECRET}"}
+backend = pytest.fixture(params=BACKENDS)(both_backends)
+
+
+@pytest.fixture(autouse=True)
+def _apps_closed_after_the_test(apps, monkeypatch):
+    # Every app a test builds here is shut down after it (a Postgres store holds a pool).
+    monkeypatch.setattr(sys.modules[__name__], "create_app", apps)
+
+
+@pytest.fixture
+def second_store(settings):
+    """Open more handles on the app's store, as other processes would have; closed after the test."""
+    opened: list[Store] = []
+
+    def open_one() -> Store:
+        opened.append(open_store(settings.database_url))
+        return opened[-1]
+
+    yield open_one
+    for handle in opened:
+        handle.shutdown()
 
 
 class Clock:
@@ -36,7 +62,7 @@ def _pool(app, clock=None, registry=None, inbox=None, threads=1) -> WorkerPool:
     )
 
 
-def _store(inbox: Inbox, event_id: object, event: str = "test.event", data: dict | None = None) -> None:
+def _store(inbox: Store, event_id: object, event: str = "test.event", data: dict | None = None) -> None:
     import json
 
     body = json.dumps(webhook_body(event_id=event_id, event=event, data=data))
@@ -178,7 +204,7 @@ def test_received_failed_due_and_expired_events_are_all_processed_after_a_restar
     assert webhooks_of(restarted).inbox.counts() == {"done": 3, "failed": 1}
 
 
-def test_concurrent_workers_never_process_an_event_twice(settings):
+def test_concurrent_workers_never_process_an_event_twice(settings, second_store):
     app = create_app(settings)
     events = 300
     for n in range(events):
@@ -193,7 +219,7 @@ def test_concurrent_workers_never_process_an_event_twice(settings):
             seen[event.id] += 1
 
     # Two pools on two Inbox objects (separate connections), as two processes would have.
-    pools = [_pool(app, registry=registry, inbox=Inbox(settings.database_path), threads=4) for _ in range(2)]
+    pools = [_pool(app, registry=registry, inbox=second_store(), threads=4) for _ in range(2)]
     for pool in pools:
         pool.start()
     try:
@@ -286,6 +312,7 @@ def test_a_broken_row_fails_without_killing_the_worker(app):
     assert row["last_error"].startswith("JSONDecodeError")
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # SQLite's own settings
 def test_the_inbox_is_wal_and_fsyncs_every_stored_delivery(inbox):
     conn = inbox.connection()
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -295,7 +322,7 @@ def test_the_inbox_is_wal_and_fsyncs_every_stored_delivery(inbox):
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-def test_a_live_worker_keeps_its_lease_while_a_handler_outlasts_it(settings):
+def test_a_live_worker_keeps_its_lease_while_a_handler_outlasts_it(settings, second_store):
     lease = 0.3
     app = create_app(settings.replace(webhook_lease_seconds=lease))
     _store(webhooks_of(app).inbox, "slow")
@@ -308,7 +335,7 @@ def test_a_live_worker_keeps_its_lease_while_a_handler_outlasts_it(settings):
         time.sleep(lease * 5)
 
     # Two pools, as two processes would have: the second must never take over the running event.
-    pools = [_pool(app, registry=registry, inbox=Inbox(settings.database_path)) for _ in range(2)]
+    pools = [_pool(app, registry=registry, inbox=second_store()) for _ in range(2)]
     for pool in pools:
         pool.start()
     try:

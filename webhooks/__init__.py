@@ -13,10 +13,11 @@ from flask.cli import FlaskGroup, get_debug_flag
 from werkzeug.serving import is_running_from_reloader
 
 from companies import company_of
+from store.cli import store_of
+from store.sqlite import SqliteStore as Inbox
 from webhooks import cli, receive, reconcile, savings
 from webhooks.events import Event, derived_key, idempotency_key
 from webhooks.extension import Webhooks, parse_networks, secrets_of, webhooks_of
-from webhooks.inbox import Inbox
 from webhooks.registry import Handler, Registry, on, registry
 from webhooks.worker import WorkerPool
 
@@ -57,8 +58,7 @@ def serves_requests() -> bool:
 def init_app(app: Flask) -> Webhooks:
     """Create the inbox, register the endpoint and CLI, and start workers if this process serves."""
     settings = app.config["SETTINGS"]
-    inbox = Inbox(settings.database_path)
-    inbox.create_schema()
+    inbox = store_of(app)  # opened and upgraded by store.cli.init_app
     # The app's own registry: handlers added to it stay with this app; global ones apply to all.
     app_registry = Registry(parent=registry)
     # Always on: the percent is per company and may be changed on the manage page (0: it does nothing).
@@ -81,6 +81,7 @@ def init_app(app: Flask) -> Webhooks:
         company_of(app).start()
     if settings.webhook_worker == "thread" and serving:
         state.pool.start()
-    if settings.webhook_reconcile_minutes > 0 and serves_requests():
+        inbox.listen(state.pool.wake)  # other processes' new events (Postgres LISTEN; SQLite: polling)
+    if settings.webhook_reconcile_minutes > 0 and serving:
         reconcile.start_periodic(app)
     return state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -17,10 +18,10 @@ from flask.cli import AppGroup
 from companies import CONFIRMED, company_of
 from errors import ApiError
 from rehive_client import RehiveError
+from store import REPLAYABLE, STATUSES
 from webhooks import reconcile
 from webhooks.events import is_sensitive, redact
 from webhooks.extension import webhooks_of
-from webhooks.inbox import REPLAYABLE, STATUSES
 from webhooks.worker import WorkerPool
 
 group = AppGroup("webhooks", help="Inspect, replay and process stored webhook events.")
@@ -179,6 +180,27 @@ def _require_our_company() -> None:
         )
 
 
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([dhm])$")
+_UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60}
+
+
+def _age(value: str) -> float:
+    match = _AGE.match(value.strip())
+    if not match:
+        raise click.BadParameter("use a number followed by d, h or m, e.g. 30d", param_hint="--older-than")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+@group.command("prune")
+@click.option("--dead", is_flag=True, required=True, help="Delete dead events (done ones age out alone).")
+@click.option("--older-than", "older_than", required=True, help="Age of the last change, e.g. 30d, 12h.")
+def prune_command(dead: bool, older_than: str) -> None:
+    """Delete dead events whose last change is older than --older-than (they cannot be replayed after)."""
+    seconds = _age(older_than)
+    deleted = webhooks_of().inbox.prune_dead(time.time() - seconds)
+    click.echo(f"Deleted {deleted} dead event(s) older than {older_than}.")
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -203,6 +225,7 @@ def work_command(threads: int | None, drain: bool) -> None:
         return
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: finish the events in hand
     pool.start()
+    state.inbox.listen(pool.wake)
     click.echo(f"Processing webhooks with {pool.threads} thread(s); Ctrl-C to stop.")
     idle = threading.Event()
     try:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from flask import Flask, current_app
 
 from settings import ConfigError, Settings
-from webhooks.inbox import Inbox
+from store import Store
 from webhooks.registry import Registry
 from webhooks.worker import WorkerPool
 
@@ -20,7 +20,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class Webhooks:
     """Everything `init_app` built for one app (in `app.extensions["webhooks"]`)."""
 
-    inbox: Inbox
+    inbox: Store
     registry: Registry
     pool: WorkerPool
     secrets: tuple[str, ...]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import sqlite3
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from auth import our_company
 from errors import ApiError
+from store import StoreUnavailable
 from webhooks.envelope import EnvelopeError, parse_envelope
 from webhooks.extension import Webhooks, webhooks_of
 from webhooks.verify import WebhookAuthError, verify_secret
@@ -75,7 +75,7 @@ def receive() -> tuple[Response, int]:
 
     try:
         stored = state.inbox.insert(envelope.company, envelope.id, envelope.name, body.decode("utf-8"))
-    except (sqlite3.Error, OSError):  # the database, or its lock file
+    except StoreUnavailable:  # down, locked for too long, full: nothing was stored
         # Not stored, so not acknowledged: Rehive delivers it again later.
         log.exception(
             "webhook not stored company=%s id=%r event=%s", envelope.company, envelope.id, envelope.name

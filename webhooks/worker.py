@@ -17,8 +17,8 @@ import metrics
 from companies import CONFIRMED, company_of
 from errors import ApiError
 from rehive_client import RehiveError, RehiveRateLimited, RehiveTimeout, RehiveUnavailable, admin
+from store import Claim, Store
 from webhooks.events import Event, is_sensitive
-from webhooks.inbox import Claim, Inbox
 from webhooks.registry import Registry
 
 log = logging.getLogger("webhooks")
@@ -31,6 +31,8 @@ MAX_LOGGED_ERROR = 200
 MAX_TRACKED_UNCOUNTED = 10_000  # events whose uncounted failures this process remembers
 COMPANY_WAIT_SECONDS = 3.0  # how long a worker round waits for Rehive to confirm our company
 COMPANY_ASK_EVERY_SECONDS = 5.0  # after a failed ask, workers ask again no sooner than this
+RETENTION_CHECK_SECONDS = 60.0  # how often an idle process asks whether retention is due
+RETENTION_EVERY_SECONDS = 3600.0  # how often, across all processes and hosts, done rows are pruned
 
 
 def retry_delay(attempts: int, first: float, maximum: float) -> float:
@@ -77,7 +79,7 @@ class WorkerPool:
     def __init__(
         self,
         app: Flask,
-        inbox: Inbox,
+        inbox: Store,
         registry: Registry,
         *,
         threads: int,
@@ -101,6 +103,8 @@ class WorkerPool:
         self._running_lock = threading.Lock()
         # (company, id) -> consecutive failures not counted as attempts, to grow their backoff.
         self._uncounted: dict[tuple[str, str], int] = {}
+        self._retention_lock = threading.Lock()
+        self._next_retention_check = 0.0
 
     @property
     def running(self) -> bool:
@@ -303,6 +307,28 @@ class WorkerPool:
         with self._running_lock:
             self._uncounted.pop((claim.company, claim.id), None)
 
+    def prune_if_due(self) -> int:
+        """Delete done rows older than WEBHOOK_RETENTION_DAYS, if no process did in the last hour."""
+        if not self._retention_lock.acquire(blocking=False):
+            return 0
+        try:
+            if time.monotonic() < self._next_retention_check:
+                return 0
+            self._next_retention_check = time.monotonic() + RETENTION_CHECK_SECONDS
+            now = self.clock()
+            if not self.inbox.acquire_periodic("prune_done", RETENTION_EVERY_SECONDS, now):
+                return 0
+            deleted = self.inbox.prune_done(now - self.settings.webhook_retention_days * 86_400)
+            if deleted:
+                log.info(
+                    "webhook retention deleted=%d done events older than %g days",
+                    deleted,
+                    self.settings.webhook_retention_days,
+                )
+            return deleted
+        finally:
+            self._retention_lock.release()
+
     # -- threads -----------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -357,6 +383,10 @@ class WorkerPool:
                 except Exception:  # a locked or broken database must not kill the thread
                     log.exception("webhook worker error; trying again in %.1fs", self.poll_seconds)
                     busy = False
+                try:  # busy or not (a service that is never idle must prune too); a no-op most rounds
+                    self.prune_if_due()
+                except Exception:  # retention can wait for the next round
+                    log.exception("webhook retention failed")
                 if not busy:
                     with self._wake:
                         if self._wakeups == seen and not self._stopping.is_set():

@@ -26,7 +26,7 @@ def webhook_secret() -> str:
 
 
 @pytest.fixture
-def start(tmp_path, rehive, webhook_secret):
+def start(tmp_path, rehive, webhook_secret, database_url):
     """Start gunicorn serving the app against the stand-in; every server is stopped after the test."""
     started = []
 
@@ -36,7 +36,7 @@ def start(tmp_path, rehive, webhook_secret):
             REHIVE_API_URL=rehive.url + "/3/",
             REHIVE_ADMIN_TOKEN=LOCAL_ADMIN_TOKEN,
             REHIVE_WEBHOOK_SECRET=webhook_secret,
-            DATABASE_PATH=str(tmp_path / "inbox.sqlite3"),
+            DATABASE_URL=database_url,  # a temp SQLite file, or a fresh Postgres database
             **settings,
         )
         service = start_service(

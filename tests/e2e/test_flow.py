@@ -8,7 +8,8 @@ import pytest
 import requests
 
 from devtools.processes import listening_socket, wait_for
-from webhooks.inbox import Inbox
+from store import open_store
+from tests.conftest import BACKENDS
 
 
 def custom(service, token: str | None, **params) -> requests.Response:
@@ -16,13 +17,13 @@ def custom(service, token: str | None, **params) -> requests.Response:
     return requests.get(f"{service.url}/custom/transactions/", params=params, headers=headers, timeout=15)
 
 
-def inbox(path, event_id: str | None = None) -> list[dict]:
+def inbox(url: str, event_id: str | None = None) -> list[dict]:
     """Read the service's inbox: every row, or the rows of one event id."""
-    store = Inbox(str(path))
+    store = open_store(url, listen=False, pool_size=1)
     try:
         return store.get(event_id) if event_id else store.list_events()
     finally:
-        store.close()
+        store.shutdown()
 
 
 def own_ids(stand_in, email: str) -> set[str]:
@@ -89,8 +90,9 @@ def test_logout_makes_the_token_useless_once_the_cache_expires(start, stand_in):
     wait_for(lambda: custom(service, token).status_code == 401, timeout=10, what="the cached token to expire")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_a_credits_webhook_is_stored_and_processed_once_even_when_rehive_retries(
-    start, stand_in, tmp_path, webhook_secret
+    start, stand_in, database_url, webhook_secret
 ):
     service = start(SAVINGS_PERCENT="10")
     port = service.extra["socket"].getsockname()[1]
@@ -138,8 +140,8 @@ def test_a_credits_webhook_is_stored_and_processed_once_even_when_rehive_retries
         timeout=10,
     )
     assert again.status_code == 200
-    assert len(inbox(tmp_path / "inbox.sqlite3", envelope["id"])) == 1
-    wait_for(lambda: all(row["status"] == "done" for row in inbox(tmp_path / "inbox.sqlite3")), timeout=20)
+    assert len(inbox(database_url, envelope["id"])) == 1
+    wait_for(lambda: all(row["status"] == "done" for row in inbox(database_url)), timeout=20)
     assert [leg["amount"] for leg in savings_legs()] == [1_000]
 
 
