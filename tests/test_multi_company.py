@@ -552,3 +552,56 @@ def test_rotate_keys_moves_every_ciphertext_to_the_first_key(app, rehive, databa
     assert registry_of(only_new).secrets_for("acme") == (secret,)
     with only_new.test_request_context():
         assert registry_of(only_new).client("acme")._token == TOKEN_A
+
+
+# -- plug-ins: metrics, manage status, the worker's waiting, single mode's scope -------------------
+
+
+def test_metrics_count_companies_by_state_and_manage_status_says_multi(app, rehive):
+    client = app.test_client()
+    _activate(client, TOKEN_A)
+    _activate(client, TOKEN_B)
+    client.post("/deactivate/", json={"token": TOKEN_B})
+    rehive.users["admin-of-acme"] = rehive_user("u-admin", company="acme", group="admin")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'companies{state="active"} 1.0' in text and 'companies{state="inactive"} 1.0' in text
+    status = client.get("/manage/api/status/", headers={"Authorization": "Token admin-of-acme"})
+    assert status.status_code == 200, status.json
+    assert status.json["data"]["mode"] == "multi"
+    assert status.json["data"]["active_since"] == registry_of(app).get("acme").activated_at
+    for canary in (TOKEN_A, TOKEN_B, _secret_of(app, "acme")):
+        assert canary not in text and canary not in status.get_data(as_text=True)
+
+
+def test_a_handler_meeting_a_refused_token_marks_it_and_its_events_wait_until_rotated(app, rehive):
+    client = app.test_client()
+    state = webhooks_of(app)
+    runs = []
+
+    def list_transactions(event, rehive_client):
+        runs.append(event.id)
+        rehive_client.get("admin/transactions/")
+
+    state.registry.on(EVENT)(list_transactions)
+    _activate(client, TOKEN_A)
+    rehive.refused.add(TOKEN_A)
+    assert _deliver(client, "acme", _secret_of(app, "acme"), 1).status_code == 202
+    state.pool.drain()
+    assert runs == ["1"]
+    assert registry_of(app).get("acme").token_status == "token_invalid"
+    [row] = state.inbox.get("1", "acme")
+    assert (row["status"], row["attempts"]) == ("failed", 0)  # not counted, never dead
+    state.inbox.replay("acme", "1")  # due now, yet it waits for the company
+    assert state.pool.drain() == 0
+    rehive.users["canary-rotated-token"] = rehive.users[TOKEN_A]
+    assert client.post("/rotate/", json={"token": "canary-rotated-token"}).status_code == 200
+    assert state.pool.drain() == 1
+    assert state.inbox.get("1", "acme")[0]["status"] == "done"
+
+
+def test_single_mode_claims_only_its_own_companys_events(settings, apps):
+    app = apps(settings)
+    state = webhooks_of(app)
+    state.inbox.insert("someone-else", "x1", EVENT, json.dumps({"data": {}}))
+    assert state.pool.drain() == 0
+    assert state.inbox.counts() == {"received": 1}
