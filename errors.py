@@ -50,7 +50,11 @@ def from_rehive(error: RehiveError) -> ApiError:
         return ApiError(503, "Rehive is unavailable; retry later.")
     if isinstance(error, RehiveUnauthorized | RehiveForbidden):
         # Our own admin token was refused: the caller did nothing wrong.
-        log.error("Rehive refused the admin token (%s); check REHIVE_ADMIN_TOKEN", error.status)
+        log.error(
+            "Rehive refused the admin token (%s); check REHIVE_ADMIN_TOKEN (multi mode: the company's token;"
+            " a 401 marks the company token_invalid until /rotate/ or a new activation)",
+            error.status,
+        )
         return ApiError(502, "The service is misconfigured: Rehive refused its credentials.")
     if isinstance(error, RehiveRequestError) and error.status in (400, 404):
         return ApiError(error.status, error.message)  # e.g. a filter value Rehive refuses, a page too far
