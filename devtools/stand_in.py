@@ -97,6 +97,12 @@ class StandIn:
         response.raise_for_status()
         return response.json()
 
+    def act(self, path: str) -> Any:
+        """POST `{}` to `/_control/<path>` (a rotation, a purge) and return its answer."""
+        response = self.http.post(f"{self.url}/_control/{path}", json={}, timeout=30)
+        response.raise_for_status()
+        return response.json()
+
     def close(self) -> None:
         """Close the pooled connections."""
         self.http.close()
