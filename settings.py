@@ -56,6 +56,19 @@ class Settings:
     webhook_url: str = ""
     webhook_reconcile_minutes: float = 0.0
     local_mode: bool = False  # set by `make run` without a .env: the manage page offers "Try the flow"
+    # EXTENSION_MODE: "single" (the company of REHIVE_ADMIN_TOKEN) or "multi" (every company that
+    # activated us through /activate/; tokens and secrets live in the store, encrypted).
+    extension_mode: str = "single"
+    token_encryption_keys: tuple[str, ...] = field(default=(), repr=False)
+    public_url: str = ""
+    activation_allowed_companies: frozenset[str] = frozenset()
+    webhook_events: tuple[str, ...] = ()  # empty: every event name a registered handler wants
+    webhook_secret_grace_seconds: float = 3600.0
+
+    @property
+    def multi(self) -> bool:
+        """Tell whether the service serves every company that activated it."""
+        return self.extension_mode == "multi"
 
     def replace(self, **changes: object) -> Settings:
         """Return a copy with some fields changed (tests use this)."""
@@ -72,6 +85,23 @@ def parse_rate(value: str) -> limits.RateLimitItem:
     if len(items) != 1 or items[0].amount < 1:
         raise ValueError(f"one rate of at least 1, like '120/minute', got {value!r}")
     return items[0]
+
+
+def check_fernet_keys(keys: tuple[str, ...]) -> list[str]:
+    """Name (by position, never by value) every key of TOKEN_ENCRYPTION_KEYS that is not a Fernet key."""
+    from cryptography.fernet import Fernet
+
+    problems = []
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            problems.append(
+                f"TOKEN_ENCRYPTION_KEYS key #{position} is not a Fernet key (32 url-safe base64 bytes;"
+                " make one with `python -c 'from cryptography.fernet import Fernet;"
+                " print(Fernet.generate_key().decode())'`)"
+            )
+    return problems
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
@@ -135,9 +165,29 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if listen not in ("on", "off"):
         problems.append(f"DATABASE_LISTEN must be 'on' or 'off', got {listen!r}")
 
+    mode = (env.get("EXTENSION_MODE") or "single").lower()
+    keys: tuple[str, ...] = ()
+    public_url = env.get("PUBLIC_URL", "").rstrip("/")
+    if mode not in ("single", "multi"):
+        problems.append(f"EXTENSION_MODE must be 'single' or 'multi', got {mode!r}")
+    elif mode == "multi":
+        # Each company brings its own token and secret: one set in the environment would be ambiguous.
+        for name in ("REHIVE_ADMIN_TOKEN", "REHIVE_COMPANY", "REHIVE_WEBHOOK_SECRET"):
+            if env.get(name):
+                problems.append(f"{name} must not be set when EXTENSION_MODE=multi")
+        keys = _list(env.get("TOKEN_ENCRYPTION_KEYS", ""))
+        if not keys:
+            problems.append("TOKEN_ENCRYPTION_KEYS is required when EXTENSION_MODE=multi")
+        problems.extend(check_fernet_keys(keys))
+        if not public_url:
+            problems.append("PUBLIC_URL is required when EXTENSION_MODE=multi")
+        elif not public_url.startswith(("http://", "https://")):
+            problems.append(f"PUBLIC_URL must be an http(s) URL, got {public_url!r}")
+    multi = mode == "multi"
+
     settings = Settings(
-        admin_token=required("REHIVE_ADMIN_TOKEN"),
-        webhook_secret=required("REHIVE_WEBHOOK_SECRET"),
+        admin_token="" if multi else required("REHIVE_ADMIN_TOKEN"),
+        webhook_secret="" if multi else required("REHIVE_WEBHOOK_SECRET"),
         webhook_secret_previous=env.get("REHIVE_WEBHOOK_SECRET_PREVIOUS", ""),
         rehive_api_url=api_url.rstrip("/") + "/",
         company=env.get("REHIVE_COMPANY") or None,
@@ -168,6 +218,12 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         webhook_url=webhook_url,
         webhook_reconcile_minutes=number("WEBHOOK_RECONCILE_MINUTES", 0.0),
         local_mode=env.get("LOCAL_MODE", "").lower() in ("1", "true", "yes"),
+        extension_mode=mode,
+        token_encryption_keys=keys,
+        public_url=public_url,
+        activation_allowed_companies=frozenset(_list(env.get("ACTIVATION_ALLOWED_COMPANIES", ""))),
+        webhook_events=_list(env.get("WEBHOOK_EVENTS", "")),
+        webhook_secret_grace_seconds=number("WEBHOOK_SECRET_GRACE_SECONDS", 3600.0),
     )
     if settings.savings_percent > 100:
         problems.append(f"SAVINGS_PERCENT must be 0..100, got {settings.savings_percent}")

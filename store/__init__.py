@@ -1,4 +1,4 @@
-"""The store: the inbox, per-company settings (and, later, company registrations) behind one interface.
+"""The store: the inbox, per-company settings and company registrations behind one interface.
 
 `open_store(url)` picks the backend once, from `DATABASE_URL`: `sqlite:///relative/path` (relative to
 the project root), `sqlite:////absolute/path`, or `postgresql://user:password@host:port/dbname?...`.
@@ -51,6 +51,39 @@ class Claim:
     body: str
     attempts: int
     lease_token: str
+
+
+# A claim's scope: which companies' events may run now. Fixed SQL fragments; values are parameters.
+REGISTERED_SCOPE = (
+    " AND company IN (SELECT company FROM company_registrations WHERE active AND token_status = 'ok')"
+)
+COMPANY_SCOPE = " AND company = ?"
+REGISTRATION_COLUMNS = (
+    "company, active, token, token_user, secret, previous_secret, previous_secret_until, token_status,"
+    " activated_at, deactivated_at, webhook_events, updated_at"
+)
+TOKEN_OK = "ok"  # noqa: S105 (a state, not a password)
+TOKEN_INVALID = "token_invalid"  # noqa: S105
+
+
+def scope(company: str | None, registered: bool) -> tuple[str, tuple[Any, ...]]:
+    """Return the WHERE fragment (with `?` placeholders) and parameters limiting which events are claimed.
+
+    `company`: only that company's (single mode); `registered`: only those of companies that are active
+    with a working token (multi mode); neither: every event (tools and tests).
+    """
+    if registered:
+        return REGISTERED_SCOPE, ()
+    if company is not None:
+        return COMPANY_SCOPE, (company,)
+    return "", ()
+
+
+def registration_row(row: Any) -> dict[str, Any]:
+    """Return a registration row as a dict with `active` a bool on both backends."""
+    found = dict(row)
+    found["active"] = bool(found["active"])
+    return found
 
 
 def redact(url: str) -> str:
@@ -107,9 +140,18 @@ class Store(Protocol):
     def insert(
         self, company: str, event_id: str, event: str, body: str, now: float | None = None
     ) -> bool: ...
-    def has_due(self, now: float | None = None) -> bool: ...
+    def has_due(
+        self, now: float | None = None, *, company: str | None = None, registered: bool = False
+    ) -> bool: ...
     def bury_expired(self, max_attempts: int, now: float | None = None) -> list[dict[str, Any]]: ...
-    def claim_next(self, lease_seconds: float, now: float | None = None) -> Claim | None: ...
+    def claim_next(
+        self,
+        lease_seconds: float,
+        now: float | None = None,
+        *,
+        company: str | None = None,
+        registered: bool = False,
+    ) -> Claim | None: ...
     def renew(self, claim: Claim, lease_seconds: float, now: float | None = None) -> bool: ...
     def finish(self, claim: Claim, now: float | None = None) -> bool: ...
     def fail(
@@ -134,6 +176,25 @@ class Store(Protocol):
     def replay_dead_of(self, company: str, now: float | None = None) -> int: ...
     def company_setting(self, company: str, name: str) -> Any: ...
     def set_company_setting(self, company: str, name: str, value: Any, now: float | None = None) -> None: ...
+    def registration(self, company: str) -> dict[str, Any] | None: ...
+    def registrations(self) -> list[dict[str, Any]]: ...
+    def activate_company(
+        self,
+        company: str,
+        token: str,
+        token_user: str,
+        secret: str,
+        events: list[str],
+        now: float | None = None,
+    ) -> bool: ...
+    def deactivate_company(self, company: str, now: float | None = None) -> bool: ...
+    def replace_token(self, company: str, token: str, token_user: str, now: float | None = None) -> bool: ...
+    def mark_token_invalid(self, company: str, token: str, now: float | None = None) -> bool: ...
+    def set_secret(
+        self, company: str, secret: str, previous: str | None, until: float | None, now: float | None = None
+    ) -> bool: ...
+    def rewrite_ciphertexts(self, company: str, old: dict[str, Any], new: dict[str, Any]) -> bool: ...
+    def purge_company(self, company: str) -> dict[str, int]: ...
     def oldest_unfinished(self) -> float | None: ...
     def probe_write(self) -> None: ...
     def acquire_periodic(self, name: str, every_seconds: float, now: float | None = None) -> bool: ...

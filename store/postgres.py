@@ -34,12 +34,16 @@ from store import (
     MAX_ERROR_CHARS,
     MAX_TRACEBACK_CHARS,
     PRUNE_BATCH,
+    REGISTRATION_COLUMNS,
     REPLAYABLE,
     REQUEST_WAIT_SECONDS,
+    TOKEN_INVALID,
     Claim,
     StoreUnavailable,
     migrations,
     redact,
+    registration_row,
+    scope,
     split_statements,
 )
 
@@ -67,6 +71,13 @@ COLUMNS = (
 )
 
 P = ParamSpec("P")
+
+
+def _scope(company: str | None, registered: bool) -> tuple[str, tuple[Any, ...]]:
+    where, params = scope(company, registered)
+    return where.replace("?", "%s"), params
+
+
 R = TypeVar("R")
 
 
@@ -261,11 +272,17 @@ class PostgresStore:
     # -- processing --------------------------------------------------------------------------
 
     @_unavailable
-    def has_due(self, now: float | None = None) -> bool:
-        """Tell whether any row may be claimed now."""
+    def has_due(
+        self, now: float | None = None, *, company: str | None = None, registered: bool = False
+    ) -> bool:
+        """Tell whether any row (of the scope, see store.scope) may be claimed now."""
         now = time.time() if now is None else now
+        where, params = _scope(company, registered)
         with self._conn(WORKER_WAIT_SECONDS) as conn:
-            row = conn.execute("SELECT 1 FROM webhook_events WHERE due_at <= %s LIMIT 1", (now,)).fetchone()
+            row = conn.execute(
+                f"SELECT 1 FROM webhook_events WHERE due_at <= %s{where} LIMIT 1",  # noqa: S608
+                (now, *params),
+            ).fetchone()
         return row is not None
 
     @_unavailable
@@ -282,20 +299,28 @@ class PostgresStore:
             ).fetchall()
 
     @_unavailable
-    def claim_next(self, lease_seconds: float, now: float | None = None) -> Claim | None:
-        """Lease the oldest due row to the caller and count an attempt; None if nothing is due."""
+    def claim_next(
+        self,
+        lease_seconds: float,
+        now: float | None = None,
+        *,
+        company: str | None = None,
+        registered: bool = False,
+    ) -> Claim | None:
+        """Lease the oldest due row (of the scope, see store.scope) and count an attempt; None if none."""
         now = time.time() if now is None else now
         token = uuid.uuid4().hex
+        where, params = _scope(company, registered)
         with self._conn(WORKER_WAIT_SECONDS) as conn:
             # The CTE locks exactly one row (skipping rows other workers hold) before the UPDATE,
             # so the planner cannot turn LIMIT 1 into several updates.
             row = conn.execute(
-                "WITH next AS (SELECT seq FROM webhook_events WHERE due_at <= %s"
+                f"WITH next AS (SELECT seq FROM webhook_events WHERE due_at <= %s{where}"  # noqa: S608
                 " ORDER BY due_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED)"
                 " UPDATE webhook_events AS e SET status = 'processing', attempts = e.attempts + 1,"
                 " lease_token = %s, due_at = %s, updated_at = %s FROM next WHERE e.seq = next.seq"
                 " RETURNING e.seq, e.company, e.id, e.event, e.body, e.attempts",
-                (now, token, now + lease_seconds, now),
+                (now, *params, token, now + lease_seconds, now),
             ).fetchone()
         if row is None:
             return None
@@ -498,6 +523,142 @@ class PostgresStore:
                 " updated_at = excluded.updated_at",
                 (company, name, json.dumps(value), now),
             )
+
+    # -- company registrations (multi-company mode; every token and secret is a ciphertext) ----------
+
+    @_unavailable
+    def registration(self, company: str) -> dict[str, Any] | None:
+        """Return the company's registration row, or None if it never activated (or was purged)."""
+        with self._conn() as conn:
+            row = conn.execute(
+                f"SELECT {REGISTRATION_COLUMNS} FROM company_registrations WHERE company = %s",  # noqa: S608
+                (company,),
+            ).fetchone()
+        return None if row is None else registration_row(row)
+
+    @_unavailable
+    def registrations(self) -> list[dict[str, Any]]:
+        """Return every registration row, by company."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT {REGISTRATION_COLUMNS} FROM company_registrations ORDER BY company"  # noqa: S608
+            ).fetchall()
+        return [registration_row(row) for row in rows]
+
+    @_unavailable
+    def activate_company(
+        self,
+        company: str,
+        token: str,
+        token_user: str,
+        secret: str,
+        events: list[str],
+        now: float | None = None,
+    ) -> bool:
+        """Make the company active with this token; its secret is kept if it has one. True if new."""
+        now = time.time() if now is None else now
+        with self._conn() as conn:
+            row = conn.execute(
+                "INSERT INTO company_registrations (company, active, token, token_user, secret, token_status,"
+                " activated_at, webhook_events, updated_at) VALUES (%s, true, %s, %s, %s, 'ok', %s, %s, %s)"
+                " ON CONFLICT (company) DO UPDATE SET active = true, token = excluded.token,"
+                " token_user = excluded.token_user, token_status = 'ok',"
+                " activated_at = excluded.activated_at,"
+                " deactivated_at = NULL, webhook_events = excluded.webhook_events,"
+                " updated_at = excluded.updated_at RETURNING (xmax = 0) AS created",
+                (company, token, token_user, secret, now, json.dumps(events), now),
+            ).fetchone()
+        return bool(row["created"])
+
+    @_unavailable
+    def deactivate_company(self, company: str, now: float | None = None) -> bool:
+        """Make the company inactive and forget its token; False if it never activated."""
+        now = time.time() if now is None else now
+        with self._conn() as conn:
+            return (
+                conn.execute(
+                    "UPDATE company_registrations SET token = NULL,"
+                    " deactivated_at = CASE WHEN active THEN %s ELSE deactivated_at END, active = false,"
+                    " updated_at = %s WHERE company = %s",
+                    (now, now, company),
+                ).rowcount
+                == 1
+            )
+
+    @_unavailable
+    def replace_token(self, company: str, token: str, token_user: str, now: float | None = None) -> bool:
+        """Replace an active company's token (and clear token_invalid); False if it is not active."""
+        now = time.time() if now is None else now
+        with self._conn() as conn:
+            return (
+                conn.execute(
+                    "UPDATE company_registrations SET token = %s, token_user = %s, token_status = 'ok',"
+                    " updated_at = %s WHERE company = %s AND active",
+                    (token, token_user, now, company),
+                ).rowcount
+                == 1
+            )
+
+    @_unavailable
+    def mark_token_invalid(self, company: str, token: str, now: float | None = None) -> bool:
+        """Mark the company's token refused, if `token` (a ciphertext) is still the stored one."""
+        now = time.time() if now is None else now
+        with self._conn() as conn:
+            return (
+                conn.execute(
+                    "UPDATE company_registrations SET token_status = %s, updated_at = %s"
+                    " WHERE company = %s AND token = %s AND token_status <> %s",
+                    (TOKEN_INVALID, now, company, token, TOKEN_INVALID),
+                ).rowcount
+                == 1
+            )
+
+    @_unavailable
+    def set_secret(
+        self, company: str, secret: str, previous: str | None, until: float | None, now: float | None = None
+    ) -> bool:
+        """Replace the company's webhook secret, keeping `previous` accepted until `until`."""
+        now = time.time() if now is None else now
+        with self._conn() as conn:
+            return (
+                conn.execute(
+                    "UPDATE company_registrations SET secret = %s, previous_secret = %s,"
+                    " previous_secret_until = %s, updated_at = %s WHERE company = %s",
+                    (secret, previous, until, now, company),
+                ).rowcount
+                == 1
+            )
+
+    @_unavailable
+    def rewrite_ciphertexts(self, company: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+        """Store `new` token/secret/previous_secret ciphertexts if the row still holds `old` ones."""
+        with self._conn() as conn:
+            return (
+                conn.execute(
+                    "UPDATE company_registrations SET token = %s, secret = %s, previous_secret = %s"
+                    " WHERE company = %s AND token IS NOT DISTINCT FROM %s AND secret = %s"
+                    " AND previous_secret IS NOT DISTINCT FROM %s",
+                    (
+                        new["token"],
+                        new["secret"],
+                        new["previous_secret"],
+                        company,
+                        old["token"],
+                        old["secret"],
+                        old["previous_secret"],
+                    ),
+                ).rowcount
+                == 1
+            )
+
+    @_unavailable
+    def purge_company(self, company: str) -> dict[str, int]:
+        """Delete every row of the company (registration, settings, events) in one transaction."""
+        with self._conn(WORKER_WAIT_SECONDS) as conn, conn.transaction():
+            return {
+                table: conn.execute(f"DELETE FROM {table} WHERE company = %s", (company,)).rowcount  # noqa: S608
+                for table in ("company_registrations", "company_settings", "webhook_events")
+            }
 
     @_unavailable
     def oldest_unfinished(self) -> float | None:

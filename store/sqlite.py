@@ -34,11 +34,15 @@ from store import (
     MAX_ERROR_CHARS,
     MAX_TRACEBACK_CHARS,
     PRUNE_BATCH,
+    REGISTRATION_COLUMNS,
     REPLAYABLE,
     REQUEST_WAIT_SECONDS,
+    TOKEN_INVALID,
     Claim,
     StoreUnavailable,
     migrations,
+    registration_row,
+    scope,
     split_statements,
 )
 
@@ -356,11 +360,15 @@ class SqliteStore:
     # -- processing --------------------------------------------------------------------------
 
     @_unavailable
-    def has_due(self, now: float | None = None) -> bool:
-        """Tell, without taking the write lock, whether any row may be claimed now."""
+    def has_due(
+        self, now: float | None = None, *, company: str | None = None, registered: bool = False
+    ) -> bool:
+        """Tell, without taking the write lock, whether any row (of the scope) may be claimed now."""
         now = time.time() if now is None else now
+        where, params = scope(company, registered)
         row = self.connection(durable=False).execute(
-            "SELECT 1 FROM webhook_events WHERE due_at <= ? LIMIT 1", (now,)
+            f"SELECT 1 FROM webhook_events WHERE due_at <= ?{where} LIMIT 1",  # noqa: S608
+            (now, *params),
         )
         return row.fetchone() is not None
 
@@ -388,18 +396,27 @@ class SqliteStore:
         return [dict(row) for row in rows]
 
     @_unavailable
-    def claim_next(self, lease_seconds: float, now: float | None = None) -> Claim | None:
-        """Lease the oldest due row to the caller and count an attempt; None if nothing is due."""
+    def claim_next(
+        self,
+        lease_seconds: float,
+        now: float | None = None,
+        *,
+        company: str | None = None,
+        registered: bool = False,
+    ) -> Claim | None:
+        """Lease the oldest due row (of the scope, see store.scope) and count an attempt; None if none."""
         now = time.time() if now is None else now
         token = uuid.uuid4().hex
+        where, params = scope(company, registered)
         conn = self.connection(durable=False)
         with self._write(conn, WORKER_WAIT_SECONDS):
             row = conn.execute(
-                "UPDATE webhook_events SET status = 'processing', attempts = attempts + 1,"
+                "UPDATE webhook_events SET status = 'processing', attempts = attempts + 1,"  # noqa: S608
                 " lease_token = ?, due_at = ?, updated_at = ?"
-                " WHERE seq = (SELECT seq FROM webhook_events WHERE due_at <= ? ORDER BY due_at, seq LIMIT 1)"
+                f" WHERE seq = (SELECT seq FROM webhook_events WHERE due_at <= ?{where}"
+                " ORDER BY due_at, seq LIMIT 1)"
                 " RETURNING seq, company, id, event, body, attempts",
-                (token, now + lease_seconds, now, now),
+                (token, now + lease_seconds, now, now, *params),
             ).fetchone()
         if row is None:
             return None
@@ -604,6 +621,153 @@ class SqliteStore:
                 " updated_at = excluded.updated_at",
                 (company, name, json.dumps(value), now),
             )
+
+    # -- company registrations (multi-company mode; every token and secret is a ciphertext) ----------
+
+    @_unavailable
+    def registration(self, company: str) -> dict[str, Any] | None:
+        """Return the company's registration row, or None if it never activated (or was purged)."""
+        row = (
+            self.connection()
+            .execute(
+                f"SELECT {REGISTRATION_COLUMNS} FROM company_registrations WHERE company = ?",  # noqa: S608
+                (company,),
+            )
+            .fetchone()
+        )
+        return None if row is None else registration_row(row)
+
+    @_unavailable
+    def registrations(self) -> list[dict[str, Any]]:
+        """Return every registration row, by company."""
+        rows = self.connection().execute(
+            f"SELECT {REGISTRATION_COLUMNS} FROM company_registrations ORDER BY company"  # noqa: S608
+        )
+        return [registration_row(row) for row in rows]
+
+    @_unavailable
+    def activate_company(
+        self,
+        company: str,
+        token: str,
+        token_user: str,
+        secret: str,
+        events: list[str],
+        now: float | None = None,
+    ) -> bool:
+        """Make the company active with this token; its secret is kept if it has one. True if new."""
+        now = time.time() if now is None else now
+        conn = self.connection()
+        with self._write(conn):
+            known = conn.execute(
+                "SELECT 1 FROM company_registrations WHERE company = ?", (company,)
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO company_registrations (company, active, token, token_user, secret, token_status,"
+                " activated_at, webhook_events, updated_at) VALUES (?, 1, ?, ?, ?, 'ok', ?, ?, ?)"
+                " ON CONFLICT (company) DO UPDATE SET active = 1, token = excluded.token,"
+                " token_user = excluded.token_user, token_status = 'ok',"
+                " activated_at = excluded.activated_at,"
+                " deactivated_at = NULL, webhook_events = excluded.webhook_events,"
+                " updated_at = excluded.updated_at",
+                (company, token, token_user, secret, now, json.dumps(events), now),
+            )
+        return known is None
+
+    @_unavailable
+    def deactivate_company(self, company: str, now: float | None = None) -> bool:
+        """Make the company inactive and forget its token; False if it never activated."""
+        now = time.time() if now is None else now
+        conn = self.connection()
+        with self._write(conn):
+            return (
+                conn.execute(
+                    "UPDATE company_registrations SET token = NULL,"
+                    " deactivated_at = CASE WHEN active THEN ? ELSE deactivated_at END, active = 0,"
+                    " updated_at = ? WHERE company = ?",
+                    (now, now, company),
+                ).rowcount
+                == 1
+            )
+
+    @_unavailable
+    def replace_token(self, company: str, token: str, token_user: str, now: float | None = None) -> bool:
+        """Replace an active company's token (and clear token_invalid); False if it is not active."""
+        now = time.time() if now is None else now
+        conn = self.connection()
+        with self._write(conn):
+            return (
+                conn.execute(
+                    "UPDATE company_registrations SET token = ?, token_user = ?, token_status = 'ok',"
+                    " updated_at = ? WHERE company = ? AND active",
+                    (token, token_user, now, company),
+                ).rowcount
+                == 1
+            )
+
+    @_unavailable
+    def mark_token_invalid(self, company: str, token: str, now: float | None = None) -> bool:
+        """Mark the company's token refused, if `token` (a ciphertext) is still the stored one."""
+        now = time.time() if now is None else now
+        conn = self.connection()
+        with self._write(conn):
+            return (
+                conn.execute(
+                    "UPDATE company_registrations SET token_status = ?, updated_at = ?"
+                    " WHERE company = ? AND token = ? AND token_status <> ?",
+                    (TOKEN_INVALID, now, company, token, TOKEN_INVALID),
+                ).rowcount
+                == 1
+            )
+
+    @_unavailable
+    def set_secret(
+        self, company: str, secret: str, previous: str | None, until: float | None, now: float | None = None
+    ) -> bool:
+        """Replace the company's webhook secret, keeping `previous` accepted until `until`."""
+        now = time.time() if now is None else now
+        conn = self.connection()
+        with self._write(conn):
+            return (
+                conn.execute(
+                    "UPDATE company_registrations SET secret = ?, previous_secret = ?,"
+                    " previous_secret_until = ?, updated_at = ? WHERE company = ?",
+                    (secret, previous, until, now, company),
+                ).rowcount
+                == 1
+            )
+
+    @_unavailable
+    def rewrite_ciphertexts(self, company: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+        """Store `new` token/secret/previous_secret ciphertexts if the row still holds `old` ones."""
+        conn = self.connection()
+        with self._write(conn):
+            return (
+                conn.execute(
+                    "UPDATE company_registrations SET token = ?, secret = ?, previous_secret = ?"
+                    " WHERE company = ? AND token IS ? AND secret = ? AND previous_secret IS ?",
+                    (
+                        new["token"],
+                        new["secret"],
+                        new["previous_secret"],
+                        company,
+                        old["token"],
+                        old["secret"],
+                        old["previous_secret"],
+                    ),
+                ).rowcount
+                == 1
+            )
+
+    @_unavailable
+    def purge_company(self, company: str) -> dict[str, int]:
+        """Delete every row of the company (registration, settings, events) in one transaction."""
+        conn = self.connection()
+        with self._write(conn, WORKER_WAIT_SECONDS):
+            return {
+                table: conn.execute(f"DELETE FROM {table} WHERE company = ?", (company,)).rowcount  # noqa: S608
+                for table in ("company_registrations", "company_settings", "webhook_events")
+            }
 
     @_unavailable
     def oldest_unfinished(self) -> float | None:

@@ -378,3 +378,98 @@ def test_company_settings_are_per_company_and_replaced_in_place(store):
     assert store.company_setting("acme", "savings_percent") == 25
     assert store.company_setting("other", "savings_percent") == 0
     assert store.company_setting("acme", "unknown") is None
+
+
+# -- company registrations (multi-company mode) -------------------------------------------------------
+
+
+def _register(store, company="acme", token="tok-ct", secret="sec-ct", at=NOW):
+    return store.activate_company(company, token, "u-service", secret, ["transaction.execute"], now=at)
+
+
+def test_a_company_activates_once_then_again_keeping_its_secret(store):
+    assert store.registration("acme") is None
+    assert _register(store) is True
+    row = store.registration("acme")
+    assert row["active"] is True and row["token"] == "tok-ct" and row["secret"] == "sec-ct"
+    assert row["token_status"] == "ok" and row["activated_at"] == NOW and row["deactivated_at"] is None
+    assert row["webhook_events"] == '["transaction.execute"]'
+    assert store.deactivate_company("acme", now=NOW + 1) is True
+    row = store.registration("acme")
+    assert row["active"] is False and row["token"] is None and row["deactivated_at"] == NOW + 1
+    assert store.deactivate_company("acme", now=NOW + 2) is True  # again: still the first time
+    assert store.registration("acme")["deactivated_at"] == NOW + 1
+    assert store.replace_token("acme", "tok-new", "u-service", now=NOW + 3) is False  # inactive
+    assert _register(store, token="tok-2", secret="other-secret", at=NOW + 4) is False  # re-activation
+    row = store.registration("acme")
+    assert (row["active"], row["token"], row["secret"], row["deactivated_at"]) == (
+        True,
+        "tok-2",
+        "sec-ct",
+        None,
+    )
+    assert store.deactivate_company("nobody") is False
+    assert [r["company"] for r in store.registrations()] == ["acme"]
+
+
+def test_a_refused_token_is_marked_until_replaced_and_only_if_still_stored(store):
+    _register(store)
+    assert store.mark_token_invalid("acme", "an-older-token") is False
+    assert store.mark_token_invalid("acme", "tok-ct") is True
+    assert store.registration("acme")["token_status"] == "token_invalid"
+    assert store.replace_token("acme", "tok-3", "u-service") is True
+    assert store.registration("acme")["token_status"] == "ok"
+
+
+def test_claims_wait_for_inactive_or_refused_companies_and_single_mode_claims_its_own(store):
+    _register(store, "acme")
+    _register(store, "beta")
+    _insert(store, "a1", company="acme")
+    _insert(store, "b1", company="beta")
+    _insert(store, "n1", company="nobody")
+    store.deactivate_company("beta")
+    store.mark_token_invalid("acme", "tok-ct")
+    assert not store.has_due(NOW, registered=True)
+    assert store.claim_next(30, now=NOW, registered=True) is None
+    store.replace_token("acme", "tok-4", "u")
+    assert store.has_due(NOW, registered=True)
+    assert store.claim_next(30, now=NOW, registered=True).id == "a1"
+    assert store.claim_next(30, now=NOW, registered=True) is None  # beta inactive, nobody unknown
+    _register(store, "beta", at=NOW + 1)
+    assert store.claim_next(30, now=NOW, registered=True).id == "b1"
+    assert store.claim_next(30, now=NOW, company="other") is None
+    assert store.claim_next(30, now=NOW, company="nobody").id == "n1"
+    assert store.counts() == {"processing": 3}  # waiting is never dead
+
+
+def test_purge_deletes_every_row_of_the_company_and_nothing_else(store):
+    _register(store, "acme")
+    _register(store, "beta")
+    _insert(store, "a1", "a2", company="acme")
+    _insert(store, "b1", company="beta")
+    store.set_company_setting("acme", "savings_percent", 5)
+    store.set_company_setting("beta", "savings_percent", 7)
+    deleted = store.purge_company("acme")
+    assert deleted == {"company_registrations": 1, "company_settings": 1, "webhook_events": 2}
+    assert store.registration("acme") is None and store.company_setting("acme", "savings_percent") is None
+    assert store.counts_of("acme") == {}
+    assert store.registration("beta") is not None and store.counts_of("beta") == {"received": 1}
+
+
+def test_secrets_and_ciphertexts_are_replaced_only_over_what_is_stored(store):
+    _register(store)
+    assert store.set_secret("acme", "sec-2", "sec-ct", NOW + 60) is True
+    row = store.registration("acme")
+    assert (row["secret"], row["previous_secret"], row["previous_secret_until"]) == (
+        "sec-2",
+        "sec-ct",
+        NOW + 60,
+    )
+    old = {"token": "tok-ct", "secret": "sec-2", "previous_secret": "sec-ct"}
+    new = {"token": "tok-x", "secret": "sec-x", "previous_secret": "prev-x"}
+    assert store.rewrite_ciphertexts("acme", {**old, "token": "stale"}, new) is False
+    assert store.rewrite_ciphertexts("acme", old, new) is True
+    store.deactivate_company("acme")
+    old, new = {**new, "token": None}, {"token": None, "secret": "s3", "previous_secret": None}
+    assert store.rewrite_ciphertexts("acme", old, new) is True
+    assert store.set_secret("nobody", "s", None, None) is False
