@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -144,6 +145,16 @@ class MultiDemo:
         )
         check(result.returncode == 0, f"flask {' '.join(args)} failed: {result.stderr[-500:]}")
         return result.stdout
+
+    def rows_naming(self, company: str) -> list[str]:
+        """Return the tables of the service's database that hold a cell equal to `company`."""
+        with contextlib.closing(sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=10)) as db:
+            tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            return [
+                table
+                for table in tables
+                if any(company in row for row in db.execute(f'SELECT * FROM "{table}"'))  # noqa: S608
+            ]
 
     def database_bytes(self) -> bytes:
         """Return the bytes of the database and its journal, as someone who copied the files has them."""
@@ -342,9 +353,8 @@ def run(demo: MultiDemo, savings_percent: int) -> None:
     response = demo.deliver(late, secrets["other"])
     check(response.status_code == 403, f"a delivery for inactive other got {response.status_code}")
     check(not demo.stored(late["id"]), "a delivery for an inactive company was stored")
-    say(
-        f"a delivery for other, even with other's own secret -> 403 {response.json()['message']}; not stored."
-    )
+    say(f"a delivery for other, even with other's own secret -> 403 {response.json()['message']}")
+    say("(not stored)")
     response = demo.custom_transactions("demo", page_size="1")
     check(response.status_code == 200, f"alice got {response.status_code}")
     say("alice (demo) -> 200: demo is not affected.")
@@ -353,7 +363,10 @@ def run(demo: MultiDemo, savings_percent: int) -> None:
     demo.stand_in.activate("other", demo.services["other"], True, token=demo.admins["other"])
     call = demo.last_call("other", "activate")
     check(call["status"] == 200, f"re-activation answered {call['status']}, expected 200")
-    say(f"re-activation -> {call['status']} (a new token; the company's secret is kept).")
+    kept = {hook["secret"] for hook in demo.webhooks_of("other")}
+    check(kept == {secrets["other"]}, "re-activation changed other's webhook secret")
+    say(f"re-activation -> {call['status']}: a new token; other's webhook secret is kept.")
+    check(any(row["company"] == "other" for row in demo.inbox()), "the inbox holds no event of other")
     answer = demo.stand_in.act(f"services/{demo.services['other']}/purge")
     check(answer["ok"], f"the purge failed: {answer['message']}")
     say(f"purge -> the service answered {answer['status']}.")
@@ -366,6 +379,9 @@ def run(demo: MultiDemo, savings_percent: int) -> None:
         f"flask companies list: {', '.join(sorted(listed))};"
         f" flask webhooks list: {len(events)} events, none of other."
     )
+    tables = demo.rows_naming("other")
+    check(not tables, f"rows naming other are left in {', '.join(tables)}")
+    say("No row of any table in the database names other.")
     response = demo.custom_transactions("other")
     check(response.status_code == 403, f"mallory got {response.status_code} after the purge")
     say(f"mallory -> 403 {response.json()['message']}")

@@ -94,6 +94,10 @@ def multi_env(
     return service_env(
         os.environ,
         EXTENSION_MODE="multi",
+        # Empty is unset; set, so that a developer's .env cannot add them and stop the start.
+        REHIVE_ADMIN_TOKEN="",
+        REHIVE_COMPANY="",
+        REHIVE_WEBHOOK_SECRET="",
         REHIVE_API_URL=rehive_url + "/3/",
         TOKEN_ENCRYPTION_KEYS=key,
         PUBLIC_URL=public_url,
@@ -219,7 +223,17 @@ def fresh_database(database: Path) -> None:
 
 def write_cli_env(env: dict[str, str], path: Path) -> None:
     """Write the settings the CLI needs to reach the multi-mode store, readable by this user only."""
-    names = ("EXTENSION_MODE", "REHIVE_API_URL", "TOKEN_ENCRYPTION_KEYS", "PUBLIC_URL", "DATABASE_PATH")
+    names = (
+        "EXTENSION_MODE",
+        "REHIVE_API_URL",
+        "TOKEN_ENCRYPTION_KEYS",
+        "PUBLIC_URL",
+        "DATABASE_PATH",
+        "DATABASE_URL",
+        "REHIVE_ADMIN_TOKEN",
+        "REHIVE_COMPANY",
+        "REHIVE_WEBHOOK_SECRET",
+    )
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as file:
@@ -230,9 +244,10 @@ def start_multi(rehive_url: str, port: int, savings: str) -> Process:
     """Start the service in multi mode on `port` and install it for company `demo`."""
     sock = listening_socket(port)
     public_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    env = multi_env(rehive_url, public_url, LOCAL_DATABASE, savings, fernet_key())
+    # Absolute, so that the service and the CLI (run from anywhere with the env file) use the same file.
+    env = multi_env(rehive_url, public_url, LOCAL_DATABASE.resolve(), savings, fernet_key())
     write_cli_env(env, LOCAL_MULTI_ENV)
-    service = start_service(env, sock)
+    service = start_service(env, sock, cwd=Path.cwd())
     try:
         StandIn(rehive_url).install("demo", service.url)
     except BaseException:
