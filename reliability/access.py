@@ -8,6 +8,11 @@ user__in, case and bracket variants, repeated parameters, bob's transaction ids,
 collection, pages beyond the end, orderings. Each answer is a 4xx refusal or a 200 holding only her
 own transactions, and every pagination link points at this service, never at Rehive; the next links
 are followed to the end. Users of another company are refused whatever they send.
+
+Multi mode (reliability/multi.py: both companies activated an EXTENSION_MODE=multi service): alice and
+mallory aim at each other's transactions, each company's admin at the other's events and settings in
+the manage API, and deliveries are signed with the other company's secret; each is refused or answered
+with the caller's own company only, and nothing refused is stored.
 """
 
 from __future__ import annotations

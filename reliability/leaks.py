@@ -6,7 +6,9 @@ header line gunicorn cannot parse, a scrape of /metrics and secrets sent to it),
 answer the suite received (scanned as they arrived), every answer schemathesis recorded, every line of
 every gunicorn log (the shared service's JSON lines decoded too, so an escaped secret is found), the
 /metrics text (no label may hold the provoking event's id either), and every column of every row of
-every inbox.
+every inbox. In multi mode the canaries are the service tokens the stand-in issued and each company's
+webhook secret, looked for in the multi-mode service's answers, the CLI's output, every log, /metrics
+and the database files' bytes.
 """
 
 from __future__ import annotations
