@@ -9,6 +9,7 @@ from dotenv import load_dotenv
 from flask import Flask, Response, jsonify
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+import activation
 import auth
 import companies
 import logs
@@ -42,13 +43,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     logs.init_app(app)
     register_error_handlers(app)
     admin.init_app(app)
-    companies.init_app(app)
+    store.cli.init_app(app)
+    companies.init_app(app)  # after the store: multi mode reads the registrations from it
     auth.init_app(app)
     quota.init_app(app)
-    store.cli.init_app(app)
     app.register_blueprint(transactions.bp)
     webhooks.init_app(app)
     operations.init_app(app)
+    activation.init_app(app)  # /activate/, /deactivate/, /rotate/ (multi mode only)
     manage.init_app(app)  # the manage page and its API (after webhooks: it uses the inbox)
 
     @app.get("/healthz")

@@ -21,7 +21,7 @@ from flask import Flask, current_app, g, request
 from werkzeug.local import LocalProxy
 
 import metrics
-from companies import company_of
+from companies import company_of, registry_of
 from errors import ApiError
 from rehive_client import (
     RehiveForbidden,
@@ -147,9 +147,13 @@ def authenticate() -> dict:
         except RehiveRequestError as exc:  # Rehive said no in some other way (e.g. 400)
             raise ApiError(401 if exc.status == 400 else 502, exc.message) from exc
         # Other RehiveErrors (429, outage, timeout) map like any upstream failure.
-        if user.get("company") != our_company():
+        if not current_app.config["SETTINGS"].multi and user.get("company") != our_company():
             raise ApiError(403, "This user does not belong to this service's company.")
         cache.put(key, user)
+    if current_app.config["SETTINGS"].multi:
+        # Asked on every request, cache hit or not: a company deactivated a second ago is refused now.
+        registry_of().require_serving(user.get("company"))
+        g.company = user["company"]  # `admin` is now this company's client (rehive_client.current_company)
     return user
 
 

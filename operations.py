@@ -72,7 +72,7 @@ def readiness_problems() -> list[str]:
     except Exception as exc:  # any failure to write means deliveries would get 503s
         log.warning("readiness: the store refused a write: %s", type(exc).__name__)
         problems.append(f"The store does not take writes ({type(exc).__name__}).")
-    refused = admin.client().admin_token_refused
+    refused = admin.base().admin_token_refused  # single mode's admin token
     if refused is not None:
         problems.append(f"Rehive refused the admin token on its last use ({refused}).")
     return problems

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextvars
 import http.cookiejar
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
-from flask import Flask, current_app
+from flask import Flask, current_app, g, has_app_context
 
 import metrics
 from logs import REQUEST_ID_HEADER, current_request_id
@@ -122,9 +124,13 @@ class RehiveClient:
         timeout: tuple[float, float] = (3.0, 10.0),
         get_retries: int = 2,
         backoff: float = 0.1,
+        on_token_refused: Callable[[], None] | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/") + "/"
         self._token = token
+        # Called when Rehive answers 401 to a call made with our own token (multi-company mode marks
+        # the company token_invalid there, so every such call is seen, in requests and handlers alike).
+        self.on_token_refused = on_token_refused
         self.timeout = timeout
         self.get_retries = get_retries
         self.backoff = backoff
@@ -270,6 +276,8 @@ class RehiveClient:
             status = response.status_code
             if own_token:
                 self.admin_token_refused = status if status in (401, 403) else None
+                if status == 401 and self.on_token_refused is not None:
+                    self.on_token_refused()
             return response
         finally:
             metrics.REHIVE_REQUESTS.labels(kind, metrics.status_class(status, failure)).inc()
@@ -325,22 +333,75 @@ def _kind(method: str, path: str, *, own_token: bool) -> str:
     return "admin_read" if method in ("GET", "HEAD", "OPTIONS") else "admin_write"
 
 
+class NoCompanyContext(RuntimeError):
+    """Multi-company mode: `admin` was used outside a request or an event of a company."""
+
+
+# The company whose event a worker is running (multi-company mode). Requests keep theirs in flask.g
+# instead: g ends with the request, while a thread's contextvar would outlive it into its next request.
+_event_company: contextvars.ContextVar[str | None] = contextvars.ContextVar("event_company", default=None)
+
+
+@contextmanager
+def event_company(company: str) -> Iterator[None]:
+    """Make `admin` the client of `company` while the worker runs one of its events."""
+    token = _event_company.set(company)
+    try:
+        yield
+    finally:
+        _event_company.reset(token)
+
+
+def current_company() -> str | None:
+    """Return the company of the event being run, or of the current request once authenticated."""
+    company = _event_company.get()
+    if company is None and has_app_context():
+        company = g.get("company")
+    return company
+
+
 class AppBoundClient:
-    """The module-level `admin`: a RehiveClient built per app by `init_app`, found via current_app."""
+    """The module-level `admin`: the admin client of the app, or (multi mode) of the current company.
+
+    Single-company mode: one RehiveClient built by `init_app` with REHIVE_ADMIN_TOKEN. Multi-company
+    mode: the current request's or event's company's client, handed out by the companies registry
+    (`app.extensions["company_client"]`); the app's own client then holds no token (it only asks
+    Rehive whose a token is).
+    """
 
     def init_app(self, app: Flask) -> None:
-        """Build the admin client from the app's settings."""
+        """Build the app's own client from the app's settings."""
         settings = app.config["SETTINGS"]
         app.extensions["rehive_admin"] = RehiveClient(
             settings.rehive_api_url,
-            settings.admin_token,
+            settings.admin_token or None,
             timeout=(settings.connect_timeout, settings.read_timeout),
         )
 
     @staticmethod
-    def client(app: Flask | None = None) -> RehiveClient:
-        """Return the RehiveClient of `app` (or of the current app)."""
+    def base(app: Flask | None = None) -> RehiveClient:
+        """Return the app's own client (single mode: the admin token's; multi mode: no token)."""
         return (app or current_app).extensions["rehive_admin"]
+
+    @staticmethod
+    def client(app: Flask | None = None) -> RehiveClient:
+        """Return the admin RehiveClient of `app` (or of the current app) for the current company."""
+        app = app or current_app
+        for_company: Callable[[str], RehiveClient] | None = app.extensions.get("company_client")
+        if for_company is None:
+            return app.extensions["rehive_admin"]
+        company = current_company()
+        if company is None:
+            raise NoCompanyContext(
+                "rehive_client.admin was used outside a request or a webhook event of a company: in"
+                " EXTENSION_MODE=multi it is that company's client; elsewhere, ask"
+                " companies.registry_of(app).client(company)"
+            )
+        return for_company(company)
+
+    def whoami(self, user_token: str, forwarded_for: str | None = None) -> dict:
+        """Ask Rehive who `user_token` belongs to (no admin token involved, so no company needed)."""
+        return self.base().whoami(user_token, forwarded_for=forwarded_for)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client(), name)

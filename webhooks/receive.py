@@ -8,9 +8,11 @@ import logging
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from auth import our_company
+from companies import registry_of
 from errors import ApiError
 from store import StoreUnavailable
 from webhooks.envelope import EnvelopeError, parse_envelope
+from webhooks.events import Event
 from webhooks.extension import Webhooks, webhooks_of
 from webhooks.verify import WebhookAuthError, verify_secret
 
@@ -59,6 +61,8 @@ def receive() -> tuple[Response, int]:
     settings = current_app.config["SETTINGS"]
     state = webhooks_of()
     _check_address(state)
+    if settings.multi:
+        return _store(state, _receive_for_a_company(settings.webhook_max_bytes))
     try:
         verify_secret(request.headers.get("Authorization"), state.secrets)
     except WebhookAuthError as exc:
@@ -72,7 +76,32 @@ def receive() -> tuple[Response, int]:
     if envelope.company != our_company():
         g.webhook_outcome = "other_company"  # the metrics' refusal reason; 403 alone means the address
         raise ApiError(403, "This webhook is for another company.")
+    return _store(state, (envelope, body))
 
+
+def _receive_for_a_company(max_bytes: int) -> tuple[Event, bytes]:
+    """Multi mode: check size, type, JSON, envelope fields, then the company, then its secret.
+
+    The company must be read before the secret can be: each has its own. Nothing is stored on refusal.
+    """
+    body = _read_body(max_bytes)
+    try:
+        envelope = parse_envelope(body)
+    except EnvelopeError as exc:
+        raise ApiError(400, str(exc)) from None
+    secrets = registry_of().secrets_for(envelope.company)
+    if not secrets:  # never activated, inactive, or purged
+        g.webhook_outcome = "other_company"
+        raise ApiError(403, "This webhook is for a company that has not activated the extension.")
+    try:
+        verify_secret(request.headers.get("Authorization"), secrets)
+    except WebhookAuthError as exc:
+        raise ApiError(401, str(exc), {"WWW-Authenticate": "Secret"}) from None
+    return envelope, body
+
+
+def _store(state: Webhooks, received: tuple[Event, bytes]) -> tuple[Response, int]:
+    envelope, body = received
     try:
         stored = state.inbox.insert(envelope.company, envelope.id, envelope.name, body.decode("utf-8"))
     except StoreUnavailable:  # down, locked for too long, full: nothing was stored

@@ -25,8 +25,10 @@ from flask import Flask
 
 import metrics
 from auth import our_company
+from companies import CompanyRegistry, registry_of
 from errors import ApiError
 from rehive_client import RehiveBadResponse, RehiveClient, RehiveError, RehiveRequestError, admin
+from store import TOKEN_OK
 from webhooks.envelope import MAX_ID_LENGTH, EnvelopeError, parse_envelope
 from webhooks.extension import webhooks_of
 from webhooks.inbox import Inbox
@@ -73,8 +75,18 @@ def companies(app: Flask) -> list[tuple[str, RehiveClient]]:
 
     Single-company mode has one; multi-company mode plugs in here, one entry per active company.
     """
+    registry = registry_of(app)
+    if isinstance(registry, CompanyRegistry):
+        found = []
+        for registration in registry.all():
+            if registration.active and registration.token_status == TOKEN_OK:
+                try:
+                    found.append((registration.company, registry.client(registration.company)))
+                except ApiError:  # deactivated meanwhile
+                    continue
+        return found
     with app.app_context():
-        return [(our_company(), admin.client(app))]
+        return [(our_company(), admin.base(app))]
 
 
 def reconcile(

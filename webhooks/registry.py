@@ -44,6 +44,12 @@ class Registry:
             self.parent and self.parent.has_named(name)
         )
 
+    def names(self) -> list[str]:
+        """Return every event name a handler is registered for by name (not "*"), sorted."""
+        found = set(self.parent.names()) if self.parent else set()
+        found.update(name for name, handlers in self._handlers.items() if handlers and name != ANY_EVENT)
+        return sorted(found)
+
     def handlers_for(self, name: str) -> list[Handler]:
         """Return the handlers to run for event `name`, in registration order, parent's first."""
         found = self.parent.handlers_for(name) if self.parent else []

@@ -14,9 +14,16 @@ from collections.abc import Callable
 from flask import Flask
 
 import metrics
-from companies import CONFIRMED, company_of
+from companies import CONFIRMED, company_of, registry_of
 from errors import ApiError
-from rehive_client import RehiveError, RehiveRateLimited, RehiveTimeout, RehiveUnavailable, admin
+from rehive_client import (
+    RehiveError,
+    RehiveRateLimited,
+    RehiveTimeout,
+    RehiveUnauthorized,
+    RehiveUnavailable,
+    event_company,
+)
 from store import Claim, Store
 from webhooks.events import Event, is_sensitive
 from webhooks.registry import Registry
@@ -49,6 +56,18 @@ def not_our_fault(exc: BaseException) -> str | None:
         return "Rehive did not answer in time"
     if isinstance(exc, RehiveUnavailable):
         return "Rehive is unavailable"
+    return None
+
+
+def _company_fault(exc: BaseException) -> str | None:
+    """Multi mode: say why a failure is the company's state (refused token, deactivated), or None.
+
+    Such events wait for the company (the claim skips them) without using up attempts.
+    """
+    if isinstance(exc, RehiveUnauthorized):
+        return "Rehive refused the company's token"
+    if isinstance(exc, ApiError) and exc.status in (403, 502):
+        return "the company is not active or its token cannot be used"
     return None
 
 
@@ -122,7 +141,12 @@ class WorkerPool:
     def process_one(self) -> bool:
         """Claim one due event and run its handlers; return False if nothing was due."""
         now = self.clock()
-        if not self.inbox.has_due(now) or not self._company_checked():
+        if not self._company_checked():
+            return False
+        # Single mode: the configured company's events only; multi mode: those of companies that are
+        # active with a working token (the others' wait in the inbox, neither run nor made dead).
+        scope = registry_of(self.app).claim_scope()
+        if not self.inbox.has_due(now, **scope):
             return False
         buried = self.inbox.bury_expired(self.settings.webhook_max_attempts, now)
         for row in buried:
@@ -134,7 +158,7 @@ class WorkerPool:
                 row["event"],
                 row["attempts"],
             )
-        claim = self.inbox.claim_next(self.settings.webhook_lease_seconds, now)
+        claim = self.inbox.claim_next(self.settings.webhook_lease_seconds, now, **scope)
         if claim is None:
             return bool(buried)
         self._run_handlers(claim)
@@ -190,8 +214,8 @@ class WorkerPool:
         try:
             event = _event(claim)
             handlers = self.registry.handlers_for(claim.event)
-            client = admin.client(self.app)
-            with self.app.app_context():
+            with self.app.app_context(), event_company(claim.company):
+                client = registry_of(self.app).client(claim.company)
                 for handler in handlers:
                     handler(event, client)
         except Exception as exc:
@@ -226,6 +250,8 @@ class WorkerPool:
         now = self.clock()
         where = f"company={claim.company} id={claim.id!r} event={claim.event}"
         reason = not_our_fault(exc)
+        if reason is None and self.settings.multi:
+            reason = _company_fault(exc)
         if reason is not None:
             # Rehive throttled us, was down or slow: retried for as long as it takes, never made dead.
             delay, source = self._uncounted_delay(claim, exc)
