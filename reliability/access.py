@@ -224,8 +224,12 @@ def _multi(run: Run) -> tuple[str, list[str]]:
     # The manage API, once each company's inbox holds an event delivered by the stand-in.
     for company, (email, _password) in multi.USERS.items():
         stack.credit(company, email, 1_000)
+    # Every event settled first, so that a status that changes below was changed by a refused call.
     wait_for(
-        lambda: {row["company"] for row in stack.events() if row["status"] == "done"} >= set(multi.COMPANIES),
+        lambda: (
+            {row["company"] for row in stack.events() if row["status"] == "done"} >= set(multi.COMPANIES)
+            and not [row for row in stack.events() if row["status"] in ("received", "processing")]
+        ),
         timeout=20,
         what="an event of each company to be processed",
     )

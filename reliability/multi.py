@@ -117,7 +117,9 @@ class MultiStack:
             lambda: [
                 row
                 for row in self.stand_in.control("deliveries")
-                if row["transaction"] == tx["id"] and row["status"] == 202
+                if row["transaction"] == tx["id"]
+                and row["event"] == "transaction.execute"  # a Complete credit's last event
+                and row["status"] == 202
             ],
             timeout=20,
             what=f"{company}'s delivery to be accepted",
