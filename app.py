@@ -12,6 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import activation
 import auth
 import companies
+import companies_cli
 import logs
 import manage
 import operations
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     admin.init_app(app)
     store.cli.init_app(app)
     companies.init_app(app)  # after the store: multi mode reads the registrations from it
+    companies_cli.init_app(app)
     auth.init_app(app)
     quota.init_app(app)
     app.register_blueprint(transactions.bp)

@@ -154,7 +154,7 @@ class CompanyOfAdmin:
 
 
 NOT_ACTIVATED = "This company has not activated the extension."
-CACHE_SECONDS = 2.0  # how long a process trusts a registration it read (other processes may change it)
+PLAIN_CACHE_SIZE = 10_000  # decrypted tokens and secrets this process keeps (by ciphertext)
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ class SingleCompany:
 
 
 class CompanyRegistry:
-    """EXTENSION_MODE=multi: every company that activated us, from the store, with a short cache."""
+    """EXTENSION_MODE=multi: every company that activated us, read from the store; decryptions cached."""
 
     multi = True
 
@@ -234,7 +234,7 @@ class CompanyRegistry:
         self.store = store
         self._fernet = MultiFernet([Fernet(key) for key in settings.token_encryption_keys])
         self._lock = threading.Lock()
-        self._rows: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._plain_cache: dict[str, str] = {}  # ciphertext -> plaintext, never written anywhere
         # One client per (company, token ciphertext): a replaced token gets a new client.
         self._clients: dict[tuple[str, str], RehiveClient] = {}
 
@@ -255,22 +255,26 @@ class CompanyRegistry:
     # -- reading ---------------------------------------------------------------------------------
 
     def _row(self, company: str) -> dict[str, Any] | None:
-        now = time.monotonic()
+        # Read every time (one primary-key lookup): another process may have rotated, deactivated or
+        # purged the company a moment ago, and a cached row would use a revoked token or a stale
+        # secret. What is cached is the decryption, keyed by ciphertext, so a change is never missed.
+        return self.store.registration(company)
+
+    def _plain(self, ciphertext: str) -> str:
+        """Return the plaintext of `ciphertext`, decrypting it only the first time this process sees it."""
         with self._lock:
-            cached = self._rows.get(company)
-            if cached is not None and cached[0] > now:
-                return cached[1]
-        row = self.store.registration(company)
-        with self._lock:
-            self._rows[company] = (now + CACHE_SECONDS, row)
-            if len(self._rows) > 10_000:  # companies probing us must not grow this for ever
-                self._rows.pop(next(iter(self._rows)))
-        return row
+            plain = self._plain_cache.get(ciphertext)
+        if plain is None:
+            plain = self._decrypt(ciphertext)
+            with self._lock:
+                self._plain_cache[ciphertext] = plain
+                if len(self._plain_cache) > PLAIN_CACHE_SIZE:
+                    self._plain_cache.pop(next(iter(self._plain_cache)))
+        return plain
 
     def invalidate(self, company: str) -> None:
-        """Forget what this process knows of the company (after it changed)."""
+        """Forget the clients this process made for the company (after it changed)."""
         with self._lock:
-            self._rows.pop(company, None)
             for key in [key for key in self._clients if key[0] == company]:
                 del self._clients[key]
 
@@ -306,7 +310,7 @@ class CompanyRegistry:
         if client is None:
             client = RehiveClient(
                 self.settings.rehive_api_url,
-                self._decrypt(row["token"]),
+                self._plain(row["token"]),
                 timeout=(self.settings.connect_timeout, self.settings.read_timeout),
                 on_token_refused=lambda: self.token_refused(company, key[1]),
             )
@@ -320,10 +324,10 @@ class CompanyRegistry:
         if row is None or not row["active"]:
             return ()
         now = time.time() if now is None else now
-        found = [self._decrypt(row["secret"])]
+        found = [self._plain(row["secret"])]
         until = row["previous_secret_until"]
         if row["previous_secret"] and until is not None and now < until:
-            found.append(self._decrypt(row["previous_secret"]))
+            found.append(self._plain(row["previous_secret"]))
         return tuple(found)
 
     def secret_for_activation(self, company: str) -> str:

@@ -125,9 +125,15 @@ class ScrapeTimeGauges:
     Multi-company mode plugs in here: `companies by state` is one more family read from the store.
     """
 
-    def __init__(self, read: Callable[[], tuple[dict[str, int], float | None]], now: Callable[[], float]):
+    def __init__(
+        self,
+        read: Callable[[], tuple[dict[str, int], float | None]],
+        now: Callable[[], float],
+        companies: Callable[[], dict[str, int]] | None = None,
+    ):
         self._read = read
         self._now = now
+        self._companies = companies  # multi mode: companies by state (active, token_invalid, inactive)
 
     def collect(self) -> Iterator[Metric]:
         """Read the store once and yield the gauge families."""
@@ -154,6 +160,18 @@ class ScrapeTimeGauges:
         )
         age.add_metric([], max(0.0, self._now() - oldest) if oldest is not None else 0.0)
         yield age
+        if self._companies is not None:
+            try:
+                states = self._companies()
+            except Exception:  # store_read_ok already told whether the store answers
+                log.warning("metrics: could not read the company registrations", exc_info=True)
+                return
+            companies = GaugeMetricFamily(
+                PREFIX + "companies", "Companies that activated the extension, by state.", labels=["state"]
+            )
+            for state, count in states.items():
+                companies.add_metric([state], count)
+            yield companies
 
 
 def render(scrape_time: ScrapeTimeGauges) -> bytes:

@@ -13,6 +13,7 @@ import metrics
 from errors import ApiError
 from rehive_client import admin
 from settings import ConfigError
+from store import TOKEN_INVALID, Store
 from webhooks.extension import webhooks_of
 from webhooks.inbox import STATUSES
 
@@ -64,6 +65,19 @@ def metrics_text() -> Response:
     return Response(body, content_type=metrics.CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
 
+def companies_by_state(inbox: Store) -> dict[str, int]:
+    """Count the registrations: active (token ok), token_invalid (active, token refused), inactive."""
+    counts = dict.fromkeys(("active", "token_invalid", "inactive"), 0)
+    for row in inbox.registrations():
+        if not row["active"]:
+            counts["inactive"] += 1
+        elif row["token_status"] == TOKEN_INVALID:
+            counts["token_invalid"] += 1
+        else:
+            counts["active"] += 1
+    return counts
+
+
 def readiness_problems() -> list[str]:
     """Return why this process should not get traffic now (empty when it is ready)."""
     problems = []
@@ -94,7 +108,9 @@ def init_app(app: Flask) -> None:
     app.extensions["metrics_networks"] = _networks(settings.metrics_allowed_ips)
     inbox = webhooks_of(app).inbox
     app.extensions["metrics_gauges"] = metrics.ScrapeTimeGauges(
-        lambda: ({**dict.fromkeys(STATUSES, 0), **inbox.counts()}, inbox.oldest_unfinished()), time.time
+        lambda: ({**dict.fromkeys(STATUSES, 0), **inbox.counts()}, inbox.oldest_unfinished()),
+        time.time,
+        companies=(lambda: companies_by_state(inbox)) if settings.multi else None,
     )
     app.register_blueprint(bp)
 

@@ -179,6 +179,10 @@ class RehiveClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return self.request("POST", path, token=self._require_token(), json=json, headers=headers)
 
+    def patch(self, path: str, json: Any) -> dict:
+        """PATCH JSON with this client's token and return the decoded JSON body."""
+        return self.request("PATCH", path, token=self._require_token(), json=json)
+
     def me(self) -> dict:
         """Return the Rehive user behind this client's own token."""
         return self.whoami(self._require_token())

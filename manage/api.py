@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from auth import current_user, require_groups
+from companies import CompanyRegistry, registry_of
 from errors import ApiError
 from rehive_client import RehiveError, RehiveForbidden, RehiveUnauthorized, admin
 from webhooks.events import is_sensitive, redact
@@ -132,11 +133,15 @@ def status() -> Response:
     company = _company()
     counts = webhooks_of().inbox.counts_of(company)
     cache: WebhooksCache = current_app.extensions["manage"]
+    mode = {"mode": "single", "active_since": None}  # single: the token comes from the environment
+    registry = registry_of()
+    if isinstance(registry, CompanyRegistry):
+        found = registry.get(company)  # active: require_groups refused the caller otherwise
+        mode = {"mode": "multi", "active_since": found.activated_at if found else None}
     return _ok(
         {
             "company": company,
-            "mode": "single",
-            "active_since": None,  # single mode: the token comes from the environment, not an activation
+            **mode,
             **cache.get(company, our_webhook_url()),
             "webhook_url": our_webhook_url() + "/",
             "counts": {name: counts.get(name, 0) for name in STATUSES},

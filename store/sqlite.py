@@ -464,6 +464,8 @@ class SqliteStore:
         `count_attempt=False` gives the attempt back (Rehive throttled us or was down: not the
         event's fault). Return the new status, or None if the lease was lost meanwhile.
         """
+        if retry_at is None and not count_attempt:
+            raise ValueError("an attempt given back must be retried: pass retry_at")
         now = time.time() if now is None else now
         status = "dead" if retry_at is None else "failed"
         conn = self.connection(durable=False)

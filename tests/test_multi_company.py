@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -49,8 +50,11 @@ class FakeRehive:
             ("GET", "admin/company/", self._company),
             ("POST", "admin/webhooks/", self._webhook),
             ("GET", "admin/transactions/", self._transactions),
+            ("GET", "admin/webhooks/", self._list_webhooks),
         ):
             mock.add_callback(method, API + path, callback=callback)
+        mock.add_callback("PATCH", re.compile(re.escape(API) + r"admin/webhooks/\d+/"), callback=self._patch)
+        self.patched: list[tuple[str, dict]] = []
 
     def _token(self, request) -> str:
         return request.headers["Authorization"].split()[1]
@@ -89,6 +93,19 @@ class FakeRehive:
             )
         self.webhooks.append((self._token(request), body))
         return self._answer(201, {"status": "success", "data": body})
+
+    def _list_webhooks(self, request):
+        company = self.users[self._token(request)]["company"]
+        hooks = [
+            {"id": n, **body}
+            for n, (token, body) in enumerate(self.webhooks, start=1)
+            if self.users[token]["company"] == company
+        ]
+        return self._answer(200, {"status": "success", "data": {"results": hooks}})
+
+    def _patch(self, request):
+        self.patched.append((urlsplit(request.url).path, json.loads(request.body)))
+        return self._answer(200, {"status": "success", "data": {}})
 
     def _transactions(self, request):
         token = self._token(request)
@@ -480,3 +497,111 @@ def test_a_second_app_on_the_same_store_sees_the_registration(app, rehive, datab
     other = apps(multi_settings(database_url))
     assert registry_of(other).get("acme").active
     assert create_app  # the same factory gunicorn uses
+
+
+# -- the CLI ---------------------------------------------------------------------------------------
+
+
+def test_the_cli_lists_shows_sets_rotates_and_deactivates_without_printing_secrets(app, rehive):
+    client = app.test_client()
+    _activate(client, TOKEN_A)
+    _activate(client, TOKEN_B)
+    old_secret = _secret_of(app, "acme")
+    runner = app.test_cli_runner()
+    outputs = []
+
+    def run(*args):
+        result = runner.invoke(args=["companies", *args])
+        outputs.append(result.output + str(result.exception or ""))
+        return result
+
+    listed = run("list", "--json")
+    assert listed.exit_code == 0
+    assert [row["company"] for row in json.loads(listed.output)] == ["acme", "beta"]
+    assert "acme" in run("list").output
+    assert run("set", "acme", "savings_percent=12").exit_code == 0
+    assert json.loads(run("show", "acme").output)["savings_percent"] == 12
+    assert run("set", "acme", "savings_percent=101").exit_code != 0
+    assert run("set", "acme", "colour=red").exit_code != 0
+    assert run("show", "nobody").exit_code != 0
+    rotated = run("rotate-secret", "acme")
+    assert rotated.exit_code == 0, rotated.output
+    new_secret = _secret_of(app, "acme")
+    assert new_secret != old_secret
+    assert rehive.patched == [("/3/admin/webhooks/1/", {"secret": new_secret})]
+    assert _deliver(client, "acme", old_secret, 1).status_code == 202  # within the grace
+    assert _deliver(client, "acme", new_secret, 2).status_code == 202
+    assert run("rotate-keys").output.startswith("Re-encrypted 2 registration(s)")
+    assert _secret_of(app, "acme") == new_secret
+    assert run("deactivate", "beta").exit_code == 0
+    assert not registry_of(app).get("beta").active
+    assert run("deactivate", "acme", "--purge").exit_code == 0
+    assert registry_of(app).get("acme") is None
+    text = "\n".join(outputs)
+    for canary in (TOKEN_A, TOKEN_B, old_secret, new_secret, KEY):
+        assert canary not in text
+
+
+def test_rotate_keys_moves_every_ciphertext_to_the_first_key(app, rehive, database_url, apps):
+    _activate(app.test_client())
+    secret = _secret_of(app, "acme")
+    new_key = Fernet.generate_key().decode()
+    rotated = apps(multi_settings(database_url, token_encryption_keys=(new_key, KEY)))
+    assert rotated.test_cli_runner().invoke(args=["companies", "rotate-keys"]).exit_code == 0
+    only_new = apps(multi_settings(database_url, token_encryption_keys=(new_key,)))
+    assert registry_of(only_new).secrets_for("acme") == (secret,)
+    with only_new.test_request_context():
+        assert registry_of(only_new).client("acme")._token == TOKEN_A
+
+
+# -- plug-ins: metrics, manage status, the worker's waiting, single mode's scope -------------------
+
+
+def test_metrics_count_companies_by_state_and_manage_status_says_multi(app, rehive):
+    client = app.test_client()
+    _activate(client, TOKEN_A)
+    _activate(client, TOKEN_B)
+    client.post("/deactivate/", json={"token": TOKEN_B})
+    rehive.users["admin-of-acme"] = rehive_user("u-admin", company="acme", group="admin")
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'companies{state="active"} 1.0' in text and 'companies{state="inactive"} 1.0' in text
+    status = client.get("/manage/api/status/", headers={"Authorization": "Token admin-of-acme"})
+    assert status.status_code == 200, status.json
+    assert status.json["data"]["mode"] == "multi"
+    assert status.json["data"]["active_since"] == registry_of(app).get("acme").activated_at
+    for canary in (TOKEN_A, TOKEN_B, _secret_of(app, "acme")):
+        assert canary not in text and canary not in status.get_data(as_text=True)
+
+
+def test_a_handler_meeting_a_refused_token_marks_it_and_its_events_wait_until_rotated(app, rehive):
+    client = app.test_client()
+    state = webhooks_of(app)
+    runs = []
+
+    def list_transactions(event, rehive_client):
+        runs.append(event.id)
+        rehive_client.get("admin/transactions/")
+
+    state.registry.on(EVENT)(list_transactions)
+    _activate(client, TOKEN_A)
+    rehive.refused.add(TOKEN_A)
+    assert _deliver(client, "acme", _secret_of(app, "acme"), 1).status_code == 202
+    state.pool.drain()
+    assert runs == ["1"]
+    assert registry_of(app).get("acme").token_status == "token_invalid"
+    [row] = state.inbox.get("1", "acme")
+    assert (row["status"], row["attempts"]) == ("failed", 0)  # not counted, never dead
+    state.inbox.replay("acme", "1")  # due now, yet it waits for the company
+    assert state.pool.drain() == 0
+    rehive.users["canary-rotated-token"] = rehive.users[TOKEN_A]
+    assert client.post("/rotate/", json={"token": "canary-rotated-token"}).status_code == 200
+    assert state.pool.drain() == 1
+    assert state.inbox.get("1", "acme")[0]["status"] == "done"
+
+
+def test_single_mode_claims_only_its_own_companys_events(settings, apps):
+    app = apps(settings)
+    state = webhooks_of(app)
+    state.inbox.insert("someone-else", "x1", EVENT, json.dumps({"data": {}}))
+    assert state.pool.drain() == 0
+    assert state.inbox.counts() == {"received": 1}

@@ -223,7 +223,7 @@ def test_readyz_is_503_when_the_store_refuses_writes(client, inbox):
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json["status"] == "error"
-    assert response.json["reasons"] == ["The store does not take writes (OperationalError)."]
+    assert response.json["reasons"] == ["The store does not take writes (StoreUnavailable)."]
     assert client.get("/healthz").status_code == 200  # liveness is not readiness
     inbox.connection(durable=False).execute("PRAGMA query_only = OFF")
     assert client.get("/readyz").status_code == 200
