@@ -3,7 +3,9 @@
 It starts its own stand-in and service on free ports (so two demos never collide), then walks through
 A (the app logs in at Rehive), B (it calls our endpoint), C (we ask Rehive who that is), D (we call the
 admin API with our own token), a credit that fires a webhook, the stored event and the handler's
-effect, and who may not see what. Tokens are masked. It exits non-zero when any step misbehaves.
+effect, and who may not see what. Then (K to P) it walks the multi-company mode: a second service with
+EXTENSION_MODE=multi that two companies install, kept apart (devtools/demo_multi.py). Tokens are masked
+and secrets never shown. It exits non-zero when any step misbehaves.
 """
 
 from __future__ import annotations
@@ -15,46 +17,14 @@ from pathlib import Path
 
 import requests
 
+from devtools import demo_multi
 from devtools.processes import start_local_rehive, start_service, wait_for
 from devtools.run_local import local_env, register_webhooks
-from devtools.stand_in import LOCAL_ADMIN_TOKEN, StandIn
+from devtools.stand_in import LOCAL_ADMIN_TOKEN, InstallFailed, StandIn
+from devtools.walk import GREEN, PLAIN, RED, DemoFailed, check, mask, money, say, step
 from webhooks.inbox import Inbox
 
 SAVINGS_PERCENT = 10
-
-
-class DemoFailed(Exception):
-    """A step did not do what the demo says it does."""
-
-
-def mask(token: str) -> str:
-    """Show enough of a token to recognise it, never all of it."""
-    return token[:4] + "…" + token[-2:] if len(token) > 8 else "…"
-
-
-BOLD, RED, GREEN, PLAIN = ("\033[1m", "\033[31m", "\033[32m", "\033[0m") if sys.stdout.isatty() else ("",) * 4
-
-
-def step(label: str, text: str) -> None:
-    """Print a step heading."""
-    print(f"\n{BOLD}{label}{PLAIN} {text}", flush=True)
-
-
-def say(text: str) -> None:
-    """Print a line of a step."""
-    print(f"   {text}", flush=True)
-
-
-def check(condition: bool, failure: str) -> None:
-    """Stop the demo with `failure` unless `condition` holds."""
-    if not condition:
-        raise DemoFailed(failure)
-
-
-def money(amount: int, currency: dict) -> str:
-    """Format an amount in the smallest unit as Rehive's clients do."""
-    divisibility = currency.get("divisibility", 2)
-    return f"{amount / 10**divisibility:,.{divisibility}f} {currency.get('code', '')}"
 
 
 class Demo:
@@ -229,7 +199,13 @@ def main() -> int:
         register_webhooks(rehive.url, service.url, secret)
         print(f"stand-in {rehive.url}   service {service.url}   logs in {work}", flush=True)
         run(Demo(rehive.url, service.url, database))
-    except (DemoFailed, TimeoutError, requests.RequestException) as exc:
+        service.stop()
+        rehive.stop()
+        if demo_multi.multi_mode_built():
+            demo_multi.main(work, SAVINGS_PERCENT)
+        else:
+            print("\n(The multi-company walk needs EXTENSION_MODE=multi, which this checkout lacks.)")
+    except (DemoFailed, InstallFailed, RuntimeError, TimeoutError, requests.RequestException) as exc:
         print(f"\n{RED}DEMO FAILED:{PLAIN} {exc}\nLogs: {work}", file=sys.stderr)
         return 1
     finally:

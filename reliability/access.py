@@ -8,6 +8,11 @@ user__in, case and bracket variants, repeated parameters, bob's transaction ids,
 collection, pages beyond the end, orderings. Each answer is a 4xx refusal or a 200 holding only her
 own transactions, and every pagination link points at this service, never at Rehive; the next links
 are followed to the end. Users of another company are refused whatever they send.
+
+Multi mode (reliability/multi.py: both companies activated an EXTENSION_MODE=multi service): alice and
+mallory aim at each other's transactions, each company's admin at the other's events and settings in
+the manage API, and deliveries are signed with the other company's secret; each is refused or answered
+with the caller's own company only, and nothing refused is stored.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from urllib.parse import quote
 
 import requests
 
+from devtools.processes import wait_for
+from reliability import multi
 from reliability.hostile import build
 from reliability.stack import COMPANY, Result, Run, by_status, progress
 from transactions import USER_FIELDS as USER_FIELD_NAMES
@@ -176,6 +183,138 @@ def _manage(run: Run, tokens: dict[str, str]) -> tuple[str, list[str]]:
     return figures, problems
 
 
+def _multi(run: Run) -> tuple[str, list[str]]:
+    """Multi mode: each company's users and admin reach only their own company; secrets do not cross."""
+    if not multi.multi_mode_built():
+        return "multi mode: not in this checkout (issue 11's service side)", []
+    stack = multi.stack_of(run)
+    problems: list[str] = []
+    ids = {row["email"]: row["id"] for row in stack.stand_in.control("users") if row["email"]}
+    txs = {
+        email: stack.stand_in.control(f"transactions?company={company}&user={email}")
+        for company, (email, _password) in multi.USERS.items()
+    }
+    tokens = {email: stack.login(email) for email in (*txs, "admin@demo.test", "admin@other.test")}
+    reads: Counter[int] = Counter()
+    crossed = 0
+    alice, mallory = multi.USERS["demo"][0], multi.USERS["other"][0]
+    for caller, victim in ((alice, mallory), (mallory, alice)):
+        own, theirs = {tx["id"] for tx in txs[caller]}, txs[victim][0]
+        for params in (
+            {"page_size": "250"},
+            {"user": ids[victim]},
+            {"user": victim},
+            {"id": theirs["id"]},
+            {"id__in": f"{txs[caller][0]['id']},{theirs['id']}"},
+            {"account": theirs["account"]},
+            {"collection": theirs["collection"]},
+        ):
+            response = stack.request("GET", "/custom/transactions/", tokens[caller], params=params)
+            reads[response.status_code] += 1
+            if response.status_code == 200:
+                seen = {tx["id"] for tx in response.json()["data"]["results"]}
+                crossed += len(seen - own)
+                if seen - own:
+                    problems.append(f"multi: {caller} {params} saw {len(seen - own)} transactions not theirs")
+                if params == {"page_size": "250"} and seen != own:
+                    problems.append(f"multi: {caller} sees {len(seen)} of their {len(own)} transactions")
+            elif not 400 <= response.status_code < 500:
+                problems.append(f"multi: {caller} {params}: {response.status_code}")
+
+    # The manage API, once each company's inbox holds an event delivered by the stand-in.
+    for company, (email, _password) in multi.USERS.items():
+        stack.credit(company, email, 1_000)
+    # Every event settled first, so that a status that changes below was changed by a refused call.
+    wait_for(
+        lambda: (
+            {row["company"] for row in stack.events() if row["status"] == "done"} >= set(multi.COMPANIES)
+            and not [row for row in stack.events() if row["status"] in ("received", "processing")]
+        ),
+        timeout=20,
+        what="an event of each company to be processed",
+    )
+    events = stack.events()
+    rows = {
+        company: {row["id"]: row["status"] for row in events if row["company"] == company}
+        for company in multi.COMPANIES
+    }
+    shown = changed = 0
+    for admin, company, stranger in (
+        ("admin@demo.test", "demo", "other"),
+        ("admin@other.test", "other", "demo"),
+    ):
+        listing = stack.request("GET", "/manage/api/events/?page_size=100", tokens[admin])
+        listed = (
+            {row["id"] for row in listing.json()["data"]["results"]} if listing.status_code == 200 else set()
+        )
+        if listing.status_code != 200 or not listed & set(rows[company]):
+            problems.append(f"multi: {company}'s admin does not see its own events ({listing.status_code})")
+        shown += len(listed & set(rows[stranger]))
+        foreign = next(iter(rows[stranger]))
+        for method, path in (
+            ("GET", f"/manage/api/events/{foreign}/"),
+            ("POST", f"/manage/api/events/{foreign}/replay/"),
+        ):
+            response = stack.request(method, path, tokens[admin])
+            if response.status_code != 404:
+                problems.append(
+                    f"multi: {company}'s admin {method} {stranger}'s event: {response.status_code}"
+                )
+    after = {row["id"]: row["status"] for row in stack.events()}
+    changed = sum(
+        after.get(event_id) != status for company in rows for event_id, status in rows[company].items()
+    )
+    for email in (alice, mallory):
+        response = stack.request("GET", "/manage/api/events/", tokens[email])
+        if response.status_code != 403:
+            problems.append(f"multi: {email} reads the manage API: {response.status_code}")
+    settings_crossed = 0
+    for admin, percent, stranger_admin in (
+        ("admin@demo.test", 37, "admin@other.test"),
+        ("admin@other.test", 41, "admin@demo.test"),
+    ):
+        before = stack.request("GET", "/manage/api/settings/", tokens[stranger_admin]).json()["data"]
+        changed_own = stack.request(
+            "PATCH", "/manage/api/settings/", tokens[admin], json={"savings_percent": percent}
+        )
+        now = stack.request("GET", "/manage/api/settings/", tokens[stranger_admin]).json()["data"]
+        if changed_own.status_code != 200 or now != before:
+            settings_crossed += 1
+            problems.append(
+                f"multi: {admin}'s settings change: {changed_own.status_code}; the other's {before} -> {now}"
+            )
+    if shown or changed:
+        problems.append(f"multi: another company's events shown {shown}, changed {changed}")
+
+    # Deliveries signed with the other company's secret, or for a company that never activated.
+    stored = len(stack.events())
+    crossed_secrets: Counter[int] = Counter()
+    for company, signer in (("other", "demo"), ("demo", "other")):
+        _event, response = stack.deliver(
+            company, stack.secrets[signer], txs[alice if company == "demo" else mallory][0]
+        )
+        crossed_secrets[response.status_code] += 1
+        if response.status_code != 401:
+            problems.append(
+                f"multi: {company}'s envelope signed with {signer}'s secret: {response.status_code}"
+            )
+    _event, response = stack.deliver("nobody", stack.secrets["demo"])
+    unknown_refused = int(response.status_code == 403)
+    if not unknown_refused:
+        problems.append(f"multi: an envelope of a company that never activated: {response.status_code}")
+    kept = len(stack.events()) - stored
+    if kept:
+        problems.append(f"multi: {kept} refused deliveries were stored")
+    figures = (
+        f"multi mode (both companies activated): {sum(reads.values())} reads by alice and mallory aimed at"
+        f" each other ({by_status(reads)}), another company's transaction seen: {crossed};"
+        f" manage API: another company's event shown {shown}, changed {changed}, settings crossed"
+        f" {settings_crossed}; deliveries signed with the other company's secret refused"
+        f" {crossed_secrets[401]}/2, of an unknown company {unknown_refused}/1, stored {kept}"
+    )
+    return figures, problems
+
+
 def _json(response: requests.Response) -> object:
     try:
         return response.json()
@@ -315,6 +454,8 @@ def run(run: Run) -> Result:
 
     manage_figures, manage_problems = _manage(run, tokens)
     outsider_problems += manage_problems
+    multi_figures, multi_problems = _multi(run)
+    outsider_problems += multi_problems
 
     statuses = sum((judge.statuses for judge in judges), Counter())
     links = sum(judge.links for judge in judges)
@@ -325,7 +466,8 @@ def run(run: Run) -> Result:
         f" {links} pagination links, pointing at Rehive: {sum('does not point' in p for p in problems)};"
         f" other company refused {outsiders[403]}/{sum(outsiders.values())};"
         f" {manage_figures};"
-        f" (not counted: a caller-sent Host is reflected in links: {'yes' if reflected else 'no'})"
+        f" (not counted: a caller-sent Host is reflected in links: {'yes' if reflected else 'no'});"
+        f" {multi_figures}"
     )
     progress(NAME, figures)
     notes = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])

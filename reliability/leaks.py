@@ -6,7 +6,9 @@ header line gunicorn cannot parse, a scrape of /metrics and secrets sent to it),
 answer the suite received (scanned as they arrived), every answer schemathesis recorded, every line of
 every gunicorn log (the shared service's JSON lines decoded too, so an escaped secret is found), the
 /metrics text (no label may hold the provoking event's id either), and every column of every row of
-every inbox.
+every inbox. In multi mode the canaries are the service tokens the stand-in issued and each company's
+webhook secret, looked for in the multi-mode service's answers, the CLI's output, every log, /metrics
+and the database files' bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
+from reliability import multi
 from reliability.hostile import build
 from reliability.stack import COMPANY, TIMEOUT, Result, Run, inbox_rows, progress
 
@@ -168,10 +171,106 @@ def _scan_har(run: Run) -> tuple[int, list[str]]:
     return answers, leaks
 
 
+def _multi(run: Run) -> tuple[str, list[str], bool]:
+    """Multi mode: provoke, then look for every service token and webhook secret of both companies.
+
+    The canaries are the tokens the stand-in gave the extension (at activation and at a rotation made
+    here) and the secret the extension registered for each company; they are looked for in every
+    answer of the multi-mode service, the CLI's output, every log, /metrics and the database files'
+    bytes (ciphertexts only may be there).
+    """
+    if not multi.multi_mode_built():
+        return "multi mode: not in this checkout (issue 11's service side)", [], True
+    stack = multi.stack_of(run)
+    stack.rotate("demo")
+    canaries = stack.canaries()
+    demo_token, other_token = stack.token_of("demo"), stack.token_of("other")
+    demo_secret, other_secret = stack.secrets["demo"], stack.secrets["other"]
+    sent = 0
+    for method, path, token, body in (
+        ("GET", "/custom/transactions/", demo_token, None),  # the service user's own token, as a caller
+        ("GET", "/custom/transactions/", other_secret, None),
+        ("GET", "/manage/api/events/", other_token, None),
+        ("GET", "/manage/api/settings/", demo_secret, None),
+        ("POST", "/activate/", None, {"token": other_token}),  # a re-activation with the same token
+        ("POST", "/activate/", None, {"token": other_token + "x"}),
+        ("POST", "/rotate/", None, {"token": demo_secret}),
+        ("POST", "/rotate/", None, {"token": [demo_token]}),
+        ("POST", "/deactivate/", None, {"token": demo_token, "purge": "yes"}),
+        ("POST", "/deactivate/", None, {"token": other_secret + "\u0000"}),
+    ):
+        stack.request(method, path, token, json=body)
+        sent += 1
+    for secret in (demo_token, other_secret):  # a token as a webhook secret; the other company's secret
+        stack.deliver("demo", secret)
+        sent += 1
+    stack.request("GET", "/metrics", headers={"Authorization": f"Bearer {demo_token}"})
+    # A credit of a user the stand-in does not have: the handler runs with demo's token and fails (or
+    # gives up); wait until it is settled, so that whatever it logged is there to scan.
+    failing, _answer = stack.deliver(
+        "demo",
+        demo_secret,
+        {
+            "id": "tx-of-nobody",
+            "tx_type": "credit",
+            "status": "Complete",
+            "amount": 12_345,
+            "user": {"id": "no-such-user"},
+            "account": "0000000099",
+            "currency": {"code": "USD"},
+        },
+    )
+    sent += 2
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < deadline and not any(
+        row["id"] == failing and (row["last_error"] or row["status"] == "done") for row in stack.events()
+    ):
+        time.sleep(0.2)
+    blobs = list(stack.answers)
+    cli_runs = 0
+    for args in (("companies", "list", "--json"), ("companies", "list"), ("companies", "show", "demo")):
+        result = stack.cli(*args)
+        cli_runs += result.returncode == 0  # a CLI that failed printed nothing worth scanning
+        blobs.append((f"the output of flask {' '.join(args)}", result.stdout + result.stderr))
+    metrics = stack.request("GET", "/metrics").content
+    blobs.append(("/metrics of the multi-mode service", metrics))
+    answer_leaks = multi.scan_blobs(canaries, blobs)
+    log_leaks, lines = [], 0
+    for path in run.logs:
+        if not path.exists():
+            continue
+        for number, line in enumerate(path.read_bytes().splitlines(), 1):
+            lines += 1
+            text = line
+            if line.startswith(b"{"):
+                with contextlib.suppress(ValueError):
+                    text += json.dumps(json.loads(line), ensure_ascii=False).encode("utf-8", "replace")
+            log_leaks += [f"{name} in {path.name} line {number}" for name in multi.found_in(canaries, text)]
+    files = [
+        path
+        for path in (stack.database, Path(f"{stack.database}-wal"), Path(f"{stack.database}-shm"))
+        if path.exists()
+    ]
+    stored = b"".join(path.read_bytes() for path in files)
+    file_leaks = [
+        f"{name} in the bytes of {', '.join(p.name for p in files)}"
+        for name in multi.found_in(canaries, stored)
+    ]
+    leaks = answer_leaks + log_leaks + file_leaks
+    figures = (
+        f"multi mode: canaries {len(stack.tokens)} service tokens (activation and rotation) and"
+        f" {len(stack.secrets)} webhook secrets; after {sent} provoking requests, scanned"
+        f" {len(stack.answers)} answers, {cli_runs} CLI outputs, {len(metrics.splitlines())} lines of"
+        f" /metrics, {lines} log lines, {len(stored):,} bytes of database files; found {len(leaks)}"
+    )
+    return figures, leaks, bool(stack.answers) and cli_runs == 3 and lines > 0 and len(stored) > 0
+
+
 def run(run: Run) -> Result:
     """Provoke, wait for the failing handler to be logged, then scan answers, logs and rows."""
     database = run.workdir / "service.sqlite3"
     sent = _provoke(run)
+    multi_figures, multi_leaks, multi_scanned = _multi(run)
     deadline = time.monotonic() + SETTLE_SECONDS
     while time.monotonic() < deadline and not _failed_once(database):
         time.sleep(0.2)
@@ -181,17 +280,17 @@ def run(run: Run) -> Result:
     rows, cells, row_leaks = _scan_databases(run)
     har_answers, har_leaks = _scan_har(run)
     answers = run.seen.answers + har_answers
-    leaks = run.seen.leaks + har_leaks + log_leaks + row_leaks + metric_leaks
+    leaks = run.seen.leaks + har_leaks + log_leaks + row_leaks + metric_leaks + multi_leaks
     figures = (
         f"canaries: admin token {run.canaries.admin_token!r}, webhook secret canary-secret-<random>;"
         f" scanned {answers} answers ({run.seen.answers} ours, {har_answers} schemathesis'),"
         f" {lines} log lines in {len(run.logs)} logs ({json_lines} of them JSON), {metric_lines} lines"
         f" of /metrics, {rows} rows ({cells} cells) in {len(run.databases)} inboxes;"
         f" found in answers {len(run.seen.leaks) + len(har_leaks)}, in logs {len(log_leaks)},"
-        f" in /metrics {len(metric_leaks)}, in rows {len(row_leaks)}"
+        f" in /metrics {len(metric_leaks)}, in rows {len(row_leaks)}; {multi_figures}"
     )
     notes = leaks[:8] + ([f"... and {len(leaks) - 8} more"] if len(leaks) > 8 else [])
-    scanned = answers > 0 and lines > 0 and json_lines > 0 and metric_lines > 0 and rows > 0
+    scanned = answers > 0 and lines > 0 and json_lines > 0 and metric_lines > 0 and rows > 0 and multi_scanned
     return Result(NAME, figures, not leaks and scanned, tuple(notes))
 
 

@@ -31,6 +31,16 @@ PASSWORDS = {
     "mallory@other.test": "mallory-pass-123",
 }
 TIMEOUT = 15.0
+# Set, even to their defaults, so a developer's environment cannot change the run.
+PINNED_SETTINGS = {
+    "WEBHOOK_WORKER": "thread",
+    "WEBHOOK_ALLOWED_IPS": "",
+    "TRUSTED_PROXIES": "0",
+    "CORS_ORIGINS": "",
+    "AUTH_CACHE_SECONDS": "10",
+    # The rows send hundreds of requests per user on purpose; the per-user limit has its own tests.
+    "CUSTOM_RATE_LIMIT": "1000000/minute",
+}
 
 
 def by_status(counts: Mapping[Any, int]) -> str:
@@ -131,6 +141,7 @@ class Run:
         self.rehive: Process | None = None
         self.rehive_port = 0
         self.service: Process | None = None  # the service checks 2 to 6 share
+        self.multi: Any = None  # the multi-mode stack of the access and leaks rows (reliability.multi)
         self._tokens: dict[str, str] = {}
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
@@ -182,14 +193,7 @@ class Run:
             "REHIVE_WEBHOOK_SECRET_PREVIOUS": "",
             "DATABASE_PATH": str(database),
             "SAVINGS_PERCENT": "10",
-            # Set, even to their defaults, so a developer's environment cannot change the run.
-            "WEBHOOK_WORKER": "thread",
-            "WEBHOOK_ALLOWED_IPS": "",
-            "TRUSTED_PROXIES": "0",
-            "CORS_ORIGINS": "",
-            "AUTH_CACHE_SECONDS": "10",
-            # The rows send hundreds of requests per user on purpose; the per-user limit has its own tests.
-            "CUSTOM_RATE_LIMIT": "1000000/minute",
+            **PINNED_SETTINGS,
             **settings,
         }
         return service_env(os.environ, **values)
@@ -224,6 +228,9 @@ class Run:
 
     def close(self) -> None:
         """Stop every server this run started; SIGKILL what does not stop."""
+        if self.multi is not None:
+            with contextlib.suppress(Exception):
+                self.multi.close()
         for process in reversed(self.processes):
             with contextlib.suppress(Exception):
                 process.stop(timeout=5)
