@@ -33,8 +33,9 @@ def _provoke(run: Run) -> int:
     service = run.shared_service()
     secret = run.canaries.webhook_secret
     sent = 0
-    # A credit the savings handler fails on (the stand-in has no such user): its error and
-    # traceback go to the log and to the row.
+    # A credit the savings handler fails on: the stand-in refuses (400) every call while it is handled,
+    # a failure of the event's own making, so its error and traceback go to the log and to the row.
+    run.control(error_rate=1.0, error_status=400)
     failing = {
         "id": str(uuid.UUID(int=run.seed, version=4)),
         "event": "transaction.execute",
@@ -57,6 +58,10 @@ def _provoke(run: Run) -> int:
     )
     run.seen.response(response)
     sent += 1
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < deadline and not _failed_once(run.workdir / "service.sqlite3"):
+        time.sleep(0.1)
+    run.reset_faults()
     # Secrets in the wrong place: the webhook secret as a user token (forwarded to Rehive's /auth/,
     # refused there), the admin token as a webhook secret, either one on paths that do not exist.
     for path, authorization in [
@@ -271,9 +276,7 @@ def run(run: Run) -> Result:
     database = run.workdir / "service.sqlite3"
     sent = _provoke(run)
     multi_figures, multi_leaks, multi_scanned = _multi(run)
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while time.monotonic() < deadline and not _failed_once(database):
-        time.sleep(0.2)
+    failed = _failed_once(database)
     progress(NAME, f"sent {sent} provoking requests; inbox holds {inbox_rows(database)} rows; scanning")
     metric_lines, metric_leaks = _scan_metrics(run)
     lines, json_lines, log_leaks = _scan_logs(run)
@@ -291,7 +294,9 @@ def run(run: Run) -> Result:
     )
     notes = leaks[:8] + ([f"... and {len(leaks) - 8} more"] if len(leaks) > 8 else [])
     scanned = answers > 0 and lines > 0 and json_lines > 0 and metric_lines > 0 and rows > 0 and multi_scanned
-    return Result(NAME, figures, not leaks and scanned, tuple(notes))
+    if not failed:
+        notes.append("the failing handler never failed, so its error and traceback were not scanned")
+    return Result(NAME, figures, not leaks and scanned and failed, tuple(notes))
 
 
 def _failed_once(database: Path) -> bool:
