@@ -137,7 +137,7 @@ def status() -> Response:
     registry = registry_of()
     if isinstance(registry, CompanyRegistry):
         found = registry.get(company)  # active: require_groups refused the caller otherwise
-        mode = {"mode": "multi", "active_since": found.activated_at if found else None}
+        mode = {"mode": "multi", "active_since": iso(found.activated_at) if found else None}
     return _ok(
         {
             "company": company,

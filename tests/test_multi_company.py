@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet
 
 from app import create_app
 from companies import registry_of
+from manage.api import iso
 from rehive_client import NoCompanyContext, admin
 from settings import ConfigError, Settings, load_settings
 from tests.conftest import API, BACKENDS, both_backends, rehive_user, webhook_body
@@ -568,7 +569,7 @@ def test_metrics_count_companies_by_state_and_manage_status_says_multi(app, rehi
     status = client.get("/manage/api/status/", headers={"Authorization": "Token admin-of-acme"})
     assert status.status_code == 200, status.json
     assert status.json["data"]["mode"] == "multi"
-    assert status.json["data"]["active_since"] == registry_of(app).get("acme").activated_at
+    assert status.json["data"]["active_since"] == iso(registry_of(app).get("acme").activated_at)
     for canary in (TOKEN_A, TOKEN_B, _secret_of(app, "acme")):
         assert canary not in text and canary not in status.get_data(as_text=True)
 
