@@ -184,6 +184,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         elif not public_url.startswith(("http://", "https://")):
             problems.append(f"PUBLIC_URL must be an http(s) URL, got {public_url!r}")
     multi = mode == "multi"
+    if multi and not webhook_url and public_url:
+        # Activation registers exactly this URL at Rehive, so reconcile knows where deliveries went.
+        webhook_url = public_url + "/webhooks/"
 
     settings = Settings(
         admin_token="" if multi else required("REHIVE_ADMIN_TOKEN"),

@@ -180,6 +180,13 @@ def test_multi_mode_needs_keys_and_public_url_and_refuses_single_company_credent
             load_settings(_env(**env))
 
 
+def test_multi_mode_reconciles_the_url_activation_registers_unless_told_otherwise():
+    assert load_settings(_env()).webhook_url == PUBLIC_URL.rstrip("/") + "/webhooks/"
+    assert load_settings(_env(WEBHOOK_RECONCILE_MINUTES="5")).webhook_reconcile_minutes == 5
+    elsewhere = "https://lb.test/webhooks/"
+    assert load_settings(_env(WEBHOOK_URL=elsewhere)).webhook_url == elsewhere
+
+
 def test_a_malformed_key_is_named_by_its_position_never_its_value():
     with pytest.raises(ConfigError) as raised:
         load_settings(_env(TOKEN_ENCRYPTION_KEYS=f"{KEY},canary-not-a-key-xyz"))
