@@ -12,28 +12,13 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 import metrics
 from errors import ApiError
 from rehive_client import admin
-from settings import ConfigError
 from store import TOKEN_INVALID, Store
-from webhooks.extension import webhooks_of
+from webhooks.extension import Network, parse_networks, webhooks_of
 from webhooks.inbox import STATUSES
 
 log = logging.getLogger("service")
 
 bp = Blueprint("operations", __name__)
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _networks(entries: frozenset[str]) -> tuple[Network, ...]:
-    networks, bad = [], []
-    for entry in sorted(entries):
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            bad.append(entry)
-    if bad:
-        raise ConfigError(f"Cannot start: METRICS_ALLOWED_IPS has invalid addresses: {', '.join(bad)}.")
-    return tuple(networks)
 
 
 def _address_allowed(networks: tuple[Network, ...]) -> bool:
@@ -105,7 +90,8 @@ def readyz() -> tuple[Response, int]:
 def init_app(app: Flask) -> None:
     """Register /metrics and /readyz, and the hooks that count webhook and custom endpoint answers."""
     settings = app.config["SETTINGS"]
-    app.extensions["metrics_networks"] = _networks(settings.metrics_allowed_ips)
+    # Strict, as for webhooks: `10.0.0.1/0` (host bits set) would open /metrics to everyone.
+    app.extensions["metrics_networks"] = parse_networks(settings.metrics_allowed_ips, "METRICS_ALLOWED_IPS")
     inbox = webhooks_of(app).inbox
     app.extensions["metrics_gauges"] = metrics.ScrapeTimeGauges(
         lambda: ({**dict.fromkeys(STATUSES, 0), **inbox.counts()}, inbox.oldest_unfinished()),

@@ -85,6 +85,8 @@ def test_metrics_allowed_ips_takes_ranges_and_refuses_bad_entries(settings):
     assert client.get("/metrics").status_code == 403  # loopback is no longer in the list
     with pytest.raises(ConfigError, match="METRICS_ALLOWED_IPS"):
         create_app(settings.replace(metrics_allowed_ips=frozenset({"10.0.0.0/33"})))
+    with pytest.raises(ConfigError, match=r"METRICS_ALLOWED_IPS .*10\.0\.0\.1/0 \(host bits set\)"):
+        create_app(settings.replace(metrics_allowed_ips=frozenset({"10.0.0.1/0"})))
 
 
 # -- what /metrics counts ----------------------------------------------------------------------------

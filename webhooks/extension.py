@@ -32,8 +32,8 @@ def secrets_of(settings: Settings) -> tuple[str, ...]:
     return tuple(s for s in (settings.webhook_secret, settings.webhook_secret_previous) if s)
 
 
-def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
-    """Parse WEBHOOK_ALLOWED_IPS entries (addresses or CIDR ranges), naming every bad one.
+def parse_networks(entries: Iterable[str], name: str = "WEBHOOK_ALLOWED_IPS") -> tuple[Network, ...]:
+    """Parse an allow-list setting's entries (addresses or CIDR ranges), naming every bad one.
 
     Strictly: `34.91.230.165/0` (host bits set) would silently allow everyone, so it is refused.
     """
@@ -44,7 +44,7 @@ def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
         except ValueError as exc:
             bad.append(f"{entry} (host bits set)" if "host bits set" in str(exc) else entry)
     if bad:
-        raise ConfigError(f"Cannot start: WEBHOOK_ALLOWED_IPS has invalid addresses: {', '.join(bad)}.")
+        raise ConfigError(f"Cannot start: {name} has invalid addresses: {', '.join(bad)}.")
     return tuple(networks)
 
 
