@@ -201,10 +201,7 @@ def main() -> int:
         run(Demo(rehive.url, service.url, database))
         service.stop()
         rehive.stop()
-        if demo_multi.multi_mode_built():
-            demo_multi.main(work, SAVINGS_PERCENT)
-        else:
-            print("\n(The multi-company walk needs EXTENSION_MODE=multi, which this checkout lacks.)")
+        demo_multi.main(work, SAVINGS_PERCENT)
     except (DemoFailed, InstallFailed, RuntimeError, TimeoutError, requests.RequestException) as exc:
         print(f"\n{RED}DEMO FAILED:{PLAIN} {exc}\nLogs: {work}", file=sys.stderr)
         return 1

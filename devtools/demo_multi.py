@@ -31,12 +31,6 @@ NOT_ACTIVATED = "This company has not activated the extension."
 USERS = {"demo": ("alice@demo.test", "alice-pass-123"), "other": ("mallory@other.test", "mallory-pass-123")}
 
 
-def multi_mode_built() -> bool:
-    """Return True when this checkout's service has multi-company mode: the setting and `/activate/`."""
-    served = any('"/activate/"' in path.read_text() for path in ROOT.glob("*.py"))
-    return served and "EXTENSION_MODE" in (ROOT / "settings.py").read_text()
-
-
 def json_rows(text: str) -> list[dict]:
     """Parse a CLI's `--json` output: one JSON array, or one object per line."""
     text = text.strip()

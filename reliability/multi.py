@@ -19,7 +19,7 @@ from typing import Any
 
 import requests
 
-from devtools.demo_multi import json_rows, multi_mode_built
+from devtools.demo_multi import json_rows
 from devtools.processes import ROOT, Process, listening_socket, wait_for
 from devtools.run_local import fernet_key, multi_env
 from devtools.stand_in import StandIn
@@ -30,7 +30,7 @@ from webhooks.inbox import Inbox
 COMPANIES = ("demo", "other")
 USERS = {"demo": ("alice@demo.test", "alice-pass-123"), "other": ("mallory@other.test", "mallory-pass-123")}
 
-__all__ = ["COMPANIES", "USERS", "MultiStack", "multi_mode_built", "stack_of"]
+__all__ = ["COMPANIES", "USERS", "MultiStack", "stack_of"]
 
 
 class MultiStack:

@@ -1,11 +1,9 @@
 """`make demo` keeps working: it runs the whole flow against its own stand-in and checks each step."""
 
-import os
 import re
 import subprocess
 import sys
 
-from devtools.demo_multi import multi_mode_built
 from devtools.processes import ROOT
 
 SINGLE = ("A.", "B.", "C.", "D.", "E.", "F.", "G.", "H.", "I.", "J.")
@@ -17,9 +15,7 @@ def test_the_demo_walks_the_whole_flow_and_succeeds():
         [sys.executable, "-m", "devtools.demo"], cwd=ROOT, capture_output=True, text=True, timeout=180
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    # The multi-company walk needs issue 11's service side; on CI it must be there.
-    labels = SINGLE + (MULTI if multi_mode_built() or os.environ.get("CI") else ())
-    for label in labels:
+    for label in SINGLE + MULTI:
         assert f"\n{label} " in result.stdout
     assert "The whole flow worked." in result.stdout
     assert "local-demo-admin-token" not in result.stdout

@@ -12,15 +12,9 @@ import sys
 import pytest
 import requests
 
-from devtools.demo_multi import multi_mode_built
 from devtools.processes import ROOT
 from devtools.stand_in import StandIn
 
-# Until the service side of issue 11 is in this checkout (never skipped on CI: it must be there).
-pytestmark = pytest.mark.skipif(
-    not multi_mode_built() and not os.environ.get("CI"),
-    reason="needs issue 11's service side (EXTENSION_MODE=multi and /activate/)",
-)
 NOT_ACTIVATED = "This company has not activated the extension."
 
 
