@@ -64,13 +64,13 @@ if _created_metrics_dir:
 
 
 def on_starting(server):
-    """Empty the metrics folder before the first worker starts."""
+    """Delete an earlier run's metric files before the first worker starts."""
     folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     folder.mkdir(parents=True, exist_ok=True)
-    for path in folder.iterdir():
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
+    # Only prometheus_client's own files (`counter_<pid>.db`, ...): an operator may point the variable
+    # at a folder that holds something else, which a start must never delete.
+    for path in folder.glob("*.db"):
+        if path.is_file():
             path.unlink()
 
 
