@@ -23,7 +23,7 @@ run: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/python -m devtools.demo
 
-# The reliability suite (about two minutes) runs before pytest, so that pytest's summary ends the output.
+# The reliability suite (about two and a half minutes) runs before pytest, so that pytest's summary ends the output.
 test: $(BIN)/.installed postgres nginx chromium
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -70,6 +70,9 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
 # -- status ---------------------------------------------------------------------------------------
 
 
+MAX_CACHED = 64  # (company, our URL) answers kept at once
+
+
 class WebhooksCache:
     """The company's Rehive webhooks that point at us, remembered for a short while per company."""
 
@@ -87,7 +90,14 @@ class WebhooksCache:
             return item[1]
         answer = _ask_rehive_for_webhooks(our_url)
         with self._lock:
-            self._items[key] = (time.monotonic() + self.ttl, answer)
+            now = time.monotonic()
+            # The key holds the Host a caller sent (when WEBHOOK_URL is unset): keep only live entries,
+            # and at most MAX_CACHED of them, so varying Host cannot grow memory.
+            for stale in [k for k, (expires, _) in self._items.items() if expires <= now]:
+                del self._items[stale]
+            while len(self._items) >= MAX_CACHED:
+                del self._items[next(iter(self._items))]
+            self._items[key] = (now + self.ttl, answer)
         return answer
 
 
@@ -96,7 +106,7 @@ def _ask_rehive_for_webhooks(our_url: str) -> dict[str, Any]:
     try:
         body = admin.get("admin/webhooks/", params={"page_size": 250})
     except RehiveUnauthorized:
-        log.error("Rehive refused the admin token while listing webhooks; check REHIVE_ADMIN_TOKEN")
+        log.error("Rehive refused the company's token while listing webhooks")
         return {"token_status": "invalid", "webhooks": None, "webhooks_error": "Rehive refused our token."}
     except RehiveForbidden:
         return {
@@ -122,7 +132,10 @@ def _ask_rehive_for_webhooks(our_url: str) -> dict[str, Any]:
 
 
 def our_webhook_url() -> str:
-    """Return the URL Rehive should deliver to, as this request sees us (after ProxyFix)."""
+    """Return the URL Rehive delivers to: WEBHOOK_URL (in multi mode PUBLIC_URL's), else this request's."""
+    configured = current_app.config["SETTINGS"].webhook_url
+    if configured:
+        return configured.rstrip("/")
     return request.host_url.rstrip("/") + "/webhooks"
 
 

@@ -376,3 +376,18 @@ def test_the_stand_in_lets_the_page_log_in_from_the_browser():
     )
     assert login.status_code == 200 and login.headers["Access-Control-Allow-Origin"] == "*"
     assert "Access-Control-Allow-Origin" not in stand_in.get("/_control/").headers  # the control API: no
+
+
+def test_the_webhooks_cache_stays_bounded_whatever_hosts_callers_send(monkeypatch):
+    from manage import api as manage_api
+
+    asked = []
+    monkeypatch.setattr(manage_api, "_ask_rehive_for_webhooks", lambda url: asked.append(url) or {"url": url})
+    cache = manage_api.WebhooksCache(ttl=60)
+    for n in range(manage_api.MAX_CACHED * 3):
+        assert cache.get("acme", f"http://host-{n}.test/webhooks") == {
+            "url": f"http://host-{n}.test/webhooks"
+        }
+    assert len(cache._items) <= manage_api.MAX_CACHED
+    cache.get("acme", f"http://host-{manage_api.MAX_CACHED * 3 - 1}.test/webhooks")  # the newest is kept
+    assert len(asked) == manage_api.MAX_CACHED * 3

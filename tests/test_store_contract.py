@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -179,9 +180,31 @@ def test_oldest_unfinished_ignores_done_and_dead(store):
     assert store.oldest_unfinished() == NOW + 2
 
 
-def test_probe_write_writes(store):
+def _health_row(store, database_url):
+    """Read store_health behind the store's back, as an operator's SQL client would."""
+    sql = "SELECT count(*), max(checked_at) FROM store_health"
+    if store.backend == "sqlite":
+        import sqlite3
+
+        from store import sqlite_path
+
+        with contextlib.closing(sqlite3.connect(sqlite_path(database_url))) as conn:
+            return conn.execute(sql).fetchone()
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(sql).fetchone()
+
+
+def test_probe_write_writes_one_row_and_moves_its_time(store, database_url):
+    assert _health_row(store, database_url)[0] == 0
     store.probe_write()
+    count, first = _health_row(store, database_url)
+    assert count == 1
     store.probe_write()
+    count, second = _health_row(store, database_url)
+    assert count == 1
+    assert second >= first
 
 
 def test_a_store_that_cannot_be_reached_raises_store_unavailable(backend, tmp_path, caplog):
