@@ -71,12 +71,6 @@ def configure_logging(log_format: str) -> None:
         root.setLevel(logging.INFO)
     for name in ("service", "webhooks", "rehive"):
         logging.getLogger(name).setLevel(logging.INFO)
-    # What no format of ours shows, a record need not gather (the logging HOWTO's "Optimization"): the
-    # thread, process and multiprocessing names, looked up for every record. The webhook path logs a
-    # line per state change; these lookups were a quarter of each line's cost.
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
 
 
 def init_app(app: Flask) -> None:
