@@ -13,10 +13,10 @@ import ipaddress
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import cachetools
 from flask import Flask, current_app, g, request
 from werkzeug.local import LocalProxy
 
@@ -52,12 +52,17 @@ def parse_token(header: str | None) -> str:
 
 
 class TTLCache:
-    """A small thread-safe LRU of answers that expire after `ttl` seconds."""
+    """A small thread-safe LRU of answers that expire after `ttl` seconds (cachetools' TTLCache, locked)."""
 
     def __init__(self, ttl: float, maxsize: int) -> None:
         self.ttl = ttl
         self.maxsize = maxsize
-        self._items: OrderedDict[bytes, tuple[float, dict]] = OrderedDict()
+        # cachetools' caches are not thread-safe; gunicorn's threads share this one, hence the lock.
+        self._items: cachetools.TTLCache[bytes, dict] = cachetools.TTLCache(
+            maxsize=maxsize,
+            ttl=max(ttl, 0.001),
+            timer=time.monotonic,  # ttl <= 0: never used
+        )
         self._lock = threading.Lock()
 
     def get(self, key: bytes) -> dict | None:
@@ -65,28 +70,19 @@ class TTLCache:
         if self.ttl <= 0:
             return None
         with self._lock:
-            item = self._items.get(key)
-            if item is None:
-                return None
-            expires, value = item
-            if expires <= time.monotonic():
-                del self._items[key]
-                return None
-            self._items.move_to_end(key)
-            return value
+            return self._items.get(key)
 
     def put(self, key: bytes, value: dict) -> None:
         """Remember `value` for `ttl` seconds, evicting the least recently used when full."""
         if self.ttl <= 0:
             return
         with self._lock:
-            self._items[key] = (time.monotonic() + self.ttl, value)
-            self._items.move_to_end(key)
-            while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
+            self._items[key] = value
 
     def __len__(self) -> int:
-        return len(self._items)
+        with self._lock:
+            self._items.expire()
+            return len(self._items)
 
 
 def cache_key(token: str, client_ip: str | None) -> bytes:

@@ -8,10 +8,14 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
-from local_rehive.app import DEFAULT_SEED
+from local_rehive.app import DEFAULT_SEED, create_app
 from local_rehive.knobs import DEFAULT_RETRY_DELAYS
 from local_rehive.server import DEFAULT_HOST, DEFAULT_PORT, serve
+
+KEEP_ALIVE_THREADS = 64  # requests in flight at once; idle kept connections wait in gunicorn's poller
+KEEP_ALIVE_SECONDS = 75  # an idle connection is closed after this (nginx's default keep-alive timeout)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -39,6 +43,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="seconds before each webhook retry, comma-separated, at most 7 (default %(default)s)",
     )
     parser.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="serve with gunicorn (gthread), keeping connections open between requests as Rehive does;"
+        " the default (werkzeug's server) closes every connection after one answer",
+    )
+    parser.add_argument(
         "--webhook-timeout", type=float, default=5.0, help="seconds before a delivery is cut off"
     )
     return parser.parse_args(argv)
@@ -48,6 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; print one line with the URL once listening."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    if args.keep_alive:
+        return serve_kept_alive(args)
     stop = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stop.set())
@@ -72,6 +84,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop.wait()
     finally:
         server.shutdown()
+    return 0
+
+
+def serve_kept_alive(args: argparse.Namespace) -> int:
+    """Serve the same app with gunicorn: one gthread worker (one platform state), HTTP/1.1 keep-alive.
+
+    werkzeug's server answers every request with `Connection: close` (and reads whatever follows the
+    body, so it cannot be taught keep-alive); gunicorn's gthread worker keeps idle connections in its
+    poller, so a client's pooled connection is reused as it would be with Rehive.
+    """
+    from gunicorn.app.base import BaseApplication  # only this mode needs it
+
+    options = {
+        "seed": args.seed,
+        "webhook_timeout": args.webhook_timeout,
+        "latency_ms": args.latency_ms,
+        "error_rate": args.error_rate,
+        "throttle": args.throttle,
+        "throttle_retry_after": args.throttle_retry_after,
+        "down": args.down,
+        "webhook_retry_delays": args.webhook_retry_delays,
+    }
+    try:
+        create_app(**options)  # refuse bad knobs before gunicorn starts, as the default mode does
+    except ValueError as exc:
+        print(f"local_rehive: {exc}", file=sys.stderr)
+        return 2
+
+    def when_ready(server: Any) -> None:
+        host, port = server.LISTENERS[0].sock.getsockname()[:2]
+        print(f"local_rehive listening on http://{host}:{port}", flush=True)
+
+    class KeptAlive(BaseApplication):
+        def load_config(self) -> None:
+            settings = {
+                "bind": f"{args.host}:{args.port}",
+                "workers": 1,  # the stand-in's state (data, knobs, courier) lives in one process
+                "worker_class": "gthread",
+                "threads": KEEP_ALIVE_THREADS,
+                "keepalive": KEEP_ALIVE_SECONDS,
+                "timeout": 120,
+                "accesslog": None,
+                "control_socket_disable": True,
+                "when_ready": when_ready,
+            }
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return create_app(**options)  # in the worker, so the courier's threads start there
+
+    KeptAlive().run()  # returns (exit 0) after SIGTERM or SIGINT, once the worker has stopped
     return 0
 
 

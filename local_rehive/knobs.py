@@ -123,7 +123,7 @@ class FaultInjector:
 
 def _drop_connection(environ: dict) -> None:
     """Close the client's connection without an answer; werkzeug treats this as a dropped client."""
-    sock = environ.get("werkzeug.socket")
+    sock = environ.get("werkzeug.socket") or environ.get("gunicorn.socket")  # `--keep-alive` is gunicorn
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)

@@ -154,6 +154,15 @@ class Store(Protocol):
     ) -> Claim | None: ...
     def renew(self, claim: Claim, lease_seconds: float, now: float | None = None) -> bool: ...
     def finish(self, claim: Claim, now: float | None = None) -> bool: ...
+    def finish_and_claim(
+        self,
+        claim: Claim,
+        lease_seconds: float,
+        now: float | None = None,
+        *,
+        company: str | None = None,
+        registered: bool = False,
+    ) -> tuple[bool, Claim | None]: ...
     def fail(
         self,
         claim: Claim,

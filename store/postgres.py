@@ -326,6 +326,24 @@ class PostgresStore:
             return None
         return Claim(lease_token=token, **row)
 
+    def finish_and_claim(
+        self,
+        claim: Claim,
+        lease_seconds: float,
+        now: float | None = None,
+        *,
+        company: str | None = None,
+        registered: bool = False,
+    ) -> tuple[bool, Claim | None]:
+        """Mark `claim` done, then lease the next due row; return (finished, next).
+
+        Two statements, each its own transaction: rows are locked one by one here, so there is no
+        store-wide write lock for a single transaction to save a turn of.
+        """
+        now = time.time() if now is None else now
+        finished = self.finish(claim, now)
+        return finished, self.claim_next(lease_seconds, now, company=company, registered=registered)
+
     @_unavailable
     def renew(self, claim: Claim, lease_seconds: float, now: float | None = None) -> bool:
         """Extend the claim's lease from now; False if it was already lost to another worker."""

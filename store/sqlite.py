@@ -59,8 +59,25 @@ EXPORT_COLUMNS = (
     " received_at, updated_at, done_at"
 )
 
+FINISH = (
+    "UPDATE webhook_events SET status = 'done', due_at = NULL, lease_token = NULL,"
+    " done_at = ?, updated_at = ? WHERE seq = ? AND status = 'processing' AND lease_token = ?"
+)
+
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def _due_scope(company: str | None, registered: bool) -> tuple[str, tuple[Any, ...]]:
+    """Return store.scope's fragment with the company column kept away from SQLite's planner.
+
+    Given `company = ?`, SQLite prefers the (company, status, seq) index and walks every row the
+    company ever had, done ones included: each claim then costs more as history grows. `+company`
+    is the documented way to rule that index out, so the partial index on due_at, which holds only
+    the rows that may still be claimed, is used instead.
+    """
+    where, params = scope(company, registered)
+    return where.replace(" AND company ", " AND +company "), params
 
 
 def _unavailable(method: Callable[P, R]) -> Callable[P, R]:
@@ -365,7 +382,7 @@ class SqliteStore:
     ) -> bool:
         """Tell, without taking the write lock, whether any row (of the scope) may be claimed now."""
         now = time.time() if now is None else now
-        where, params = scope(company, registered)
+        where, params = _due_scope(company, registered)
         row = self.connection(durable=False).execute(
             f"SELECT 1 FROM webhook_events WHERE due_at <= ?{where} LIMIT 1",  # noqa: S608
             (now, *params),
@@ -406,18 +423,45 @@ class SqliteStore:
     ) -> Claim | None:
         """Lease the oldest due row (of the scope, see store.scope) and count an attempt; None if none."""
         now = time.time() if now is None else now
-        token = uuid.uuid4().hex
-        where, params = scope(company, registered)
         conn = self.connection(durable=False)
         with self._write(conn, WORKER_WAIT_SECONDS):
-            row = conn.execute(
-                "UPDATE webhook_events SET status = 'processing', attempts = attempts + 1,"  # noqa: S608
-                " lease_token = ?, due_at = ?, updated_at = ?"
-                f" WHERE seq = (SELECT seq FROM webhook_events WHERE due_at <= ?{where}"
-                " ORDER BY due_at, seq LIMIT 1)"
-                " RETURNING seq, company, id, event, body, attempts",
-                (token, now + lease_seconds, now, now, *params),
-            ).fetchone()
+            return self._claim(conn, lease_seconds, now, company, registered)
+
+    @_unavailable
+    def finish_and_claim(
+        self,
+        claim: Claim,
+        lease_seconds: float,
+        now: float | None = None,
+        *,
+        company: str | None = None,
+        registered: bool = False,
+    ) -> tuple[bool, Claim | None]:
+        """Mark `claim` done and lease the next due row in one transaction; return (finished, next).
+
+        A busy worker's two writes per event become one: one turn of the write lock, which deliveries
+        being acknowledged wait for, and one commit.
+        """
+        now = time.time() if now is None else now
+        conn = self.connection(durable=False)
+        with self._write(conn, WORKER_WAIT_SECONDS):
+            finished = conn.execute(FINISH, (now, now, claim.seq, claim.lease_token)).rowcount == 1
+            return finished, self._claim(conn, lease_seconds, now, company, registered)
+
+    @staticmethod
+    def _claim(
+        conn: sqlite3.Connection, lease_seconds: float, now: float, company: str | None, registered: bool
+    ) -> Claim | None:
+        token = uuid.uuid4().hex
+        where, params = _due_scope(company, registered)
+        row = conn.execute(
+            "UPDATE webhook_events SET status = 'processing', attempts = attempts + 1,"  # noqa: S608
+            " lease_token = ?, due_at = ?, updated_at = ?"
+            f" WHERE seq = (SELECT seq FROM webhook_events WHERE due_at <= ?{where}"
+            " ORDER BY due_at, seq LIMIT 1)"
+            " RETURNING seq, company, id, event, body, attempts",
+            (token, now + lease_seconds, now, now, *params),
+        ).fetchone()
         if row is None:
             return None
         return Claim(lease_token=token, **dict(row))
@@ -441,11 +485,7 @@ class SqliteStore:
         now = time.time() if now is None else now
         conn = self.connection(durable=False)
         with self._writing(WORKER_WAIT_SECONDS):
-            cursor = conn.execute(
-                "UPDATE webhook_events SET status = 'done', due_at = NULL, lease_token = NULL,"
-                " done_at = ?, updated_at = ? WHERE seq = ? AND status = 'processing' AND lease_token = ?",
-                (now, now, claim.seq, claim.lease_token),
-            )
+            cursor = conn.execute(FINISH, (now, now, claim.seq, claim.lease_token))
         return cursor.rowcount == 1
 
     @_unavailable

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import signal
@@ -22,6 +23,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request
 
+from devtools.processes import start_local_rehive
 from local_rehive import DEMO_SERVICE_TOKEN, OTHER_SERVICE_TOKEN, RunningServer, create_app, serve
 from local_rehive.idempotency import IdempotencyCache
 from local_rehive.listing import MAX_PAGE_SIZE, paginate
@@ -769,3 +771,72 @@ def test_the_seed_decides_the_data():
 
     assert ids(1) == ids(1)
     assert ids(1) != ids(2)
+
+
+# -- `python -m local_rehive --keep-alive` (gunicorn, HTTP/1.1 keep-alive): how the benchmarks serve it ------
+
+
+@pytest.fixture
+def kept() -> Iterator[Rehive]:
+    retries = ",".join(str(delay) for delay in FAST_RETRIES)
+    process = start_local_rehive(("--keep-alive", "--webhook-retry-delays", retries))
+    yield Rehive(process)  # type: ignore[arg-type] - only its url is used
+    process.stop()
+
+
+def _two_calls_on_one_connection(url: str) -> tuple[list[int], list[str | None], bool]:
+    """GET /3/auth/ twice on one http.client connection; return statuses, Connection headers, same socket."""
+    connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=10)
+    try:
+        statuses, headers, sockets = [], [], []
+        for _ in range(2):
+            connection.request("GET", "/3/auth/", headers={"Authorization": f"Token {ADMIN}"})
+            response = connection.getresponse()
+            response.read()
+            statuses.append(response.status)
+            headers.append(response.getheader("Connection"))
+            sockets.append(connection.sock)  # None once the server closed the connection
+        return statuses, headers, sockets[0] is not None and sockets[0] is sockets[1]
+    finally:
+        connection.close()
+
+
+def test_keep_alive_answers_many_requests_on_one_connection(kept):
+    statuses, headers, same_socket = _two_calls_on_one_connection(kept.url)
+    assert statuses == [200, 200]
+    assert "close" not in [header.lower() for header in headers if header]
+    assert same_socket
+
+
+def test_without_keep_alive_every_connection_is_closed(rehive):
+    statuses, headers, same_socket = _two_calls_on_one_connection(rehive.url)
+    assert statuses == [200, 200]
+    assert headers == ["close", "close"]
+    assert not same_socket
+
+
+def test_fault_knobs_work_on_kept_connections(kept):
+    session = requests.Session()  # its pooled connection is reused between the calls below
+    url, auth = f"{kept.url}/3/auth/", {"Authorization": f"Token {ADMIN}"}
+    assert session.get(url, headers=auth, timeout=10).status_code == 200
+    kept.control("", {"throttle": True, "throttle_retry_after": 3})
+    throttled = session.get(url, headers=auth, timeout=10)
+    assert (throttled.status_code, throttled.headers["Retry-After"]) == (429, "3")
+    kept.control("", {"throttle": False, "error_rate": 1})
+    assert session.get(url, headers=auth, timeout=10).status_code == 500
+    kept.control("", {"error_rate": 0, "down": True})
+    with pytest.raises(requests.ConnectionError):
+        session.get(url, headers=auth, timeout=10)
+    kept.control("reset", {})
+    kept.control("", {"latency_ms": 100})
+    assert session.get(url, headers=auth, timeout=10).elapsed >= timedelta(milliseconds=100)
+    session.close()
+
+
+def test_keep_alive_still_delivers_webhooks(kept, receiver):
+    hook = receiver(500)  # the first attempt fails: the retry carries the same id
+    kept.subscribe(hook.url, "transaction.execute")
+    kept.credit(user="alice@demo.test", amount=500)
+    bodies = wait_for(lambda: len(hook.bodies()) >= 2 and hook.bodies())
+    assert bodies[0]["id"] == bodies[1]["id"]
+    assert bodies[0]["event"] == "transaction.execute"

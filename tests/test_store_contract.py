@@ -496,3 +496,19 @@ def test_secrets_and_ciphertexts_are_replaced_only_over_what_is_stored(store):
     old, new = {**new, "token": None}, {"token": None, "secret": "s3", "previous_secret": None}
     assert store.rewrite_ciphertexts("acme", old, new) is True
     assert store.set_secret("nobody", "s", None, None) is False
+
+
+def test_finish_and_claim_settles_one_and_leases_the_next(store):
+    _insert(store, "a", "b", "c")
+    first = _claim(store)
+    finished, second = store.finish_and_claim(first, 30, now=NOW + 1, company="acme")
+    assert finished and second is not None and second.id == "b" and second.attempts == 1
+    assert store.get("a")[0]["status"] == "done"
+    assert store.get("b")[0]["status"] == "processing"
+    # Another company's event is never taken by a scoped claim; a lost lease is not finished.
+    store.insert("other", "x", "test.event", '{"data": {}}', now=NOW)
+    finished, third = store.finish_and_claim(first, 30, now=NOW + 2, company="acme")
+    assert not finished and third is not None and third.id == "c"
+    finished, none = store.finish_and_claim(second, 30, now=NOW + 3, company="acme")
+    assert finished and none is None
+    assert store.get("x")[0]["status"] == "received"

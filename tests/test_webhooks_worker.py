@@ -470,3 +470,28 @@ def test_an_uncounted_failure_gives_the_attempt_back(app):
     claim = inbox.claim_next(lease_seconds=30, now=now + 5)
     with pytest.raises(ValueError, match="must be retried"):
         inbox.fail(claim, "throttled", "tb", retry_at=None, count_attempt=False)
+
+
+def test_a_busy_worker_settles_each_event_and_claims_the_next_in_one_write(settings, monkeypatch):
+    app = create_app(settings)
+    inbox = webhooks_of(app).inbox
+    for n in range(40):
+        _store(inbox, n)
+    runs = []
+    webhooks_of(app).registry.on("test.event")(lambda event, client: runs.append(event.id))
+    calls: Counter[str] = Counter()
+    for name in ("claim_next", "finish", "finish_and_claim"):
+        original = getattr(inbox, name)
+
+        def counted(*args, _name=name, _original=original, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(inbox, name, counted)
+    assert _pool(app).drain() == 40
+    assert sorted(runs, key=int) == [str(n) for n in range(40)]
+    assert inbox.counts() == {"done": 40}
+    # Chains of at most CHAIN_LIMIT (16): 16 + 16 + 8 events; a full chain ends with a plain finish.
+    assert calls["finish_and_claim"] == 15 + 15 + 8
+    if inbox.backend == "sqlite":  # PostgreSQL's finish_and_claim is its finish, then its claim_next
+        assert calls == {"claim_next": 3, "finish_and_claim": 15 + 15 + 8, "finish": 2}

@@ -40,6 +40,9 @@ COMPANY_WAIT_SECONDS = 3.0  # how long a worker round waits for Rehive to confir
 COMPANY_ASK_EVERY_SECONDS = 5.0  # after a failed ask, workers ask again no sooner than this
 RETENTION_CHECK_SECONDS = 60.0  # how often an idle process asks whether retention is due
 RETENTION_EVERY_SECONDS = 3600.0  # how often, across all processes and hosts, done rows are pruned
+# A worker that finishes an event claims the next in the same write (store.finish_and_claim), at most
+# this many times in a row; then it goes round again: company check, expired leases buried, stop asked.
+CHAIN_LIMIT = 16
 
 
 def retry_delay(attempts: int, first: float, maximum: float) -> float:
@@ -139,15 +142,19 @@ class WorkerPool:
     # -- one unit of work --------------------------------------------------------------------
 
     def process_one(self) -> bool:
-        """Claim one due event and run its handlers; return False if nothing was due."""
+        """Claim a due event and run its handlers (and up to CHAIN_LIMIT - 1 more); False if none was due."""
+        return self._process_some() is not None
+
+    def _process_some(self) -> int | None:
+        """Return how many events were run (0: only expired leases were buried), None if nothing was due."""
         now = self.clock()
         if not self._company_checked():
-            return False
+            return None
         # Single mode: the configured company's events only; multi mode: those of companies that are
         # active with a working token (the others' wait in the inbox, neither run nor made dead).
         scope = registry_of(self.app).claim_scope()
         if not self.inbox.has_due(now, **scope):
-            return False
+            return None
         buried = self.inbox.bury_expired(self.settings.webhook_max_attempts, now)
         for row in buried:
             self._count("dead", row["event"])
@@ -160,9 +167,13 @@ class WorkerPool:
             )
         claim = self.inbox.claim_next(self.settings.webhook_lease_seconds, now, **scope)
         if claim is None:
-            return bool(buried)
-        self._run_handlers(claim)
-        return True
+            return 0 if buried else None
+        handled = 0
+        while claim is not None:
+            handled += 1
+            chain = scope if handled < CHAIN_LIMIT and not self._stopping.is_set() else None
+            claim = self._run_handlers(claim, chain)
+        return handled
 
     def _company_checked(self) -> bool:
         """Tell whether handlers may run: only once Rehive has confirmed the admin token's company.
@@ -180,8 +191,8 @@ class WorkerPool:
         counts = [0] * threads
 
         def run(slot: int) -> None:
-            while self.process_one():
-                counts[slot] += 1
+            while (handled := self._process_some()) is not None:
+                counts[slot] += handled
 
         if threads == 1:
             run(0)
@@ -200,17 +211,18 @@ class WorkerPool:
             worker.join()
         return sum(counts)
 
-    def _run_handlers(self, claim: Claim) -> None:
+    def _run_handlers(self, claim: Claim, chain: dict | None = None) -> Claim | None:
+        """Run and settle `claim`; with `chain` (a claim scope), return the next claim taken on success."""
         started = time.monotonic()
         with self._running_lock:
             self._running[claim.seq] = (claim, started)
         try:
-            self._run_and_settle(claim, started)
+            return self._run_and_settle(claim, started, chain)
         finally:
             with self._running_lock:
                 del self._running[claim.seq]
 
-    def _run_and_settle(self, claim: Claim, started: float) -> None:
+    def _run_and_settle(self, claim: Claim, started: float, chain: dict | None = None) -> Claim | None:
         try:
             event = _event(claim)
             handlers = self.registry.handlers_for(claim.event)
@@ -221,11 +233,17 @@ class WorkerPool:
         except Exception as exc:
             self._observe(claim.event, started)
             self._record_failure(claim, exc)
-            return
+            return None
         elapsed_ms = (time.monotonic() - started) * 1000
         self._observe(claim.event, started)
         self._forget_uncounted(claim)
-        if self.inbox.finish(claim, self.clock()):
+        following = None
+        if chain is None:
+            finished = self.inbox.finish(claim, self.clock())
+        else:
+            lease = self.settings.webhook_lease_seconds
+            finished, following = self.inbox.finish_and_claim(claim, lease, self.clock(), **chain)
+        if finished:
             self._count("done", claim.event)
             log.info(
                 "webhook done company=%s id=%r event=%s handlers=%d attempt=%d ms=%.0f",
@@ -244,6 +262,7 @@ class WorkerPool:
                 claim.event,
                 elapsed_ms,
             )
+        return following
 
     def _record_failure(self, claim: Claim, exc: Exception) -> None:
         settings = self.settings
