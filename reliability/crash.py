@@ -180,7 +180,12 @@ class Sender:
         finally:
             session.close()
 
-    def _deliver(self, session: requests.Session, delivery: Delivery) -> None:
+    def _url(self) -> str:
+        """Return where the next attempt goes (one URL here; the hosts check spreads them)."""
+        return self.url
+
+    def _deliver(self, session: requests.Session, delivery: Delivery, url: str | None = None) -> None:
+        """Send `delivery` as Rehive does, to `url` or else to `_url()` on every attempt."""
         for attempt in range(1 + len(RETRY_DELAYS)):
             if attempt:
                 if self.stop.is_set():
@@ -189,7 +194,7 @@ class Sender:
             delivery.attempts += 1
             try:
                 response = session.post(
-                    self.url, data=delivery.body, headers=self.headers, timeout=DELIVERY_TIMEOUT
+                    url or self._url(), data=delivery.body, headers=self.headers, timeout=DELIVERY_TIMEOUT
                 )
             except requests.Timeout:
                 delivery.statuses.append("timeout")

@@ -20,7 +20,7 @@ import requests
 from devtools.postgres import create_database, start_cluster
 from devtools.processes import listening_socket
 from reliability import crash
-from reliability.crash import RETRY_DELAYS, Delivery, Sender
+from reliability.crash import Delivery, Sender
 from reliability.stack import COMPANY, Result, Run, by_status, progress
 from store import open_store
 
@@ -43,50 +43,25 @@ class TwoHostSender(Sender):
         self._rng = random.Random(rng.random())
         self._rng_lock = threading.Lock()
 
-    def _pick(self) -> str:
+    def _url(self) -> str:
         with self._rng_lock:
             return self._rng.choice(self.urls)
 
-    def _deliver(self, session: requests.Session, delivery: Delivery) -> None:
-        if id(delivery) not in self.both:
-            self._deliver_to(session, delivery, None)
+    def _deliver(self, session: requests.Session, delivery: Delivery, url: str | None = None) -> None:
+        if url is not None or id(delivery) not in self.both:
+            super()._deliver(session, delivery, url)
             return
         twin = Delivery(delivery.event_id, delivery.body, True)
         self.twins.append(twin)
         other = threading.Thread(target=self._deliver_alone, args=(twin, self.urls[1]))
         other.start()
-        self._deliver_to(session, delivery, self.urls[0])
+        super()._deliver(session, delivery, self.urls[0])
         other.join()
 
     def _deliver_alone(self, delivery: Delivery, url: str) -> None:
         with requests.Session() as session:
             session.trust_env = False
-            self._deliver_to(session, delivery, url)
-
-    def _deliver_to(self, session: requests.Session, delivery: Delivery, url: str | None) -> None:
-        for attempt in range(1 + len(RETRY_DELAYS)):
-            if attempt:
-                if self.stop.is_set():
-                    return
-                time.sleep(RETRY_DELAYS[attempt - 1])
-            delivery.attempts += 1
-            try:
-                response = session.post(
-                    url or self._pick(),
-                    data=delivery.body,
-                    headers=self.headers,
-                    timeout=crash.DELIVERY_TIMEOUT,
-                )
-            except requests.RequestException as exc:
-                delivery.statuses.append(
-                    "timeout" if isinstance(exc, requests.Timeout) else "connection error"
-                )
-                continue
-            self.run.seen.response(response)
-            delivery.statuses.append(str(response.status_code))
-            if response.status_code in (200, 201, 202):
-                delivery.acked = True
-                return
+            super()._deliver(session, delivery, url)
 
 
 def run(run: Run) -> Result:
