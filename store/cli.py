@@ -61,7 +61,7 @@ def status_command() -> None:
 @group.command("copy")
 @click.option("--to", "target_url", required=True, help="The store to copy into, e.g. postgresql://...")
 def copy_command(target_url: str) -> None:
-    """Copy every event (states and attempts included) into another store; safe to run again."""
+    """Copy every event (states and attempts included), company setting and registration; safe to re-run."""
     source = store_of()
     try:
         target = open_store(target_url, listen=False, pool_size=2)
@@ -76,5 +76,12 @@ def copy_command(target_url: str) -> None:
             seen += len(rows)
             copied += target.import_rows([{k: v for k, v in row.items() if k != "seq"} for row in rows])
         click.echo(f"Copied {copied} event(s) to {redact(target_url)}; {seen - copied} were already there.")
+        # Registrations are copied as ciphertexts: the target needs the same TOKEN_ENCRYPTION_KEYS.
+        registrations, settings = source.export_company_rows()
+        added = target.import_company_rows(registrations, settings)
+        click.echo(
+            f"Copied {added} of {len(registrations)} company registration(s) and {len(settings)} setting(s);"
+            " the rest were already there."
+        )
     finally:
         target.shutdown()

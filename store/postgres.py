@@ -761,3 +761,34 @@ class PostgresStore:
                     row,
                 ).rowcount
         return stored
+
+    @_unavailable
+    def export_company_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Return every registration (ciphertexts as stored) and every company setting (for `db copy`)."""
+        with self._conn(WORKER_WAIT_SECONDS) as conn:
+            settings = conn.execute(
+                "SELECT company, name, value, updated_at FROM company_settings ORDER BY company, name"
+            ).fetchall()
+        return self.registrations(), [dict(row) for row in settings]
+
+    @_unavailable
+    def import_company_rows(self, registrations: list[dict[str, Any]], settings: list[dict[str, Any]]) -> int:
+        """Store copies of registrations and settings as they are; a company or setting already here wins."""
+        added = 0
+        with self._conn(WORKER_WAIT_SECONDS) as conn, conn.transaction():
+            for row in registrations:
+                added += conn.execute(
+                    f"INSERT INTO company_registrations ({REGISTRATION_COLUMNS}) VALUES (%(company)s,"  # noqa: S608
+                    " %(active)s, %(token)s, %(token_user)s, %(secret)s, %(previous_secret)s,"
+                    " %(previous_secret_until)s, %(token_status)s, %(activated_at)s, %(deactivated_at)s,"
+                    " %(webhook_events)s, %(updated_at)s) ON CONFLICT (company) DO NOTHING",
+                    row,
+                ).rowcount
+            for row in settings:
+                added += conn.execute(
+                    "INSERT INTO company_settings (company, name, value, updated_at)"
+                    " VALUES (%(company)s, %(name)s, %(value)s, %(updated_at)s)"
+                    " ON CONFLICT (company, name) DO NOTHING",
+                    row,
+                ).rowcount
+        return added

@@ -899,3 +899,35 @@ class SqliteStore:
                 ).rowcount
                 for row in rows
             )
+
+    @_unavailable
+    def export_company_rows(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Return every registration (ciphertexts as stored) and every company setting (for `db copy`)."""
+        settings = self.connection().execute(
+            "SELECT company, name, value, updated_at FROM company_settings ORDER BY company, name"
+        )
+        return self.registrations(), [dict(row) for row in settings]
+
+    @_unavailable
+    def import_company_rows(self, registrations: list[dict[str, Any]], settings: list[dict[str, Any]]) -> int:
+        """Store copies of registrations and settings as they are; a company or setting already here wins."""
+        conn = self.connection()
+        with self._write(conn, WORKER_WAIT_SECONDS):
+            added = sum(
+                conn.execute(
+                    f"INSERT INTO company_registrations ({REGISTRATION_COLUMNS}) VALUES (:company, :active,"  # noqa: S608
+                    " :token, :token_user, :secret, :previous_secret, :previous_secret_until, :token_status,"
+                    " :activated_at, :deactivated_at, :webhook_events, :updated_at)"
+                    " ON CONFLICT (company) DO NOTHING",
+                    row,
+                ).rowcount
+                for row in registrations
+            )
+            return added + sum(
+                conn.execute(
+                    "INSERT INTO company_settings (company, name, value, updated_at)"
+                    " VALUES (:company, :name, :value, :updated_at) ON CONFLICT (company, name) DO NOTHING",
+                    row,
+                ).rowcount
+                for row in settings
+            )

@@ -512,3 +512,20 @@ def test_finish_and_claim_settles_one_and_leases_the_next(store):
     finished, none = store.finish_and_claim(second, 30, now=NOW + 3, company="acme")
     assert finished and none is None
     assert store.get("x")[0]["status"] == "received"
+
+
+def test_company_settings_and_registrations_copy_between_stores_once(store, tmp_path):
+    store.set_company_setting("acme", "savings_percent", 25, now=NOW)
+    store.activate_company("acme", "ciphertext-of-token", "u-service", "ciphertext-of-secret", ["e"], now=NOW)
+    store.deactivate_company("acme", now=NOW + 1)
+    target = open_store("sqlite:///" + str(tmp_path / "copy.sqlite3"))
+    target.upgrade()
+    try:
+        registrations, settings = store.export_company_rows()
+        assert target.import_company_rows(registrations, settings) == 2
+        assert target.import_company_rows(registrations, settings) == 0
+        assert target.company_setting("acme", "savings_percent") == 25
+        assert target.registrations() == store.registrations()
+        assert target.registration("acme")["active"] is False
+    finally:
+        target.shutdown()
