@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import ipaddress
 import re
 import threading
 import time
@@ -21,6 +20,7 @@ from flask import Flask, current_app, g, request
 from werkzeug.local import LocalProxy
 
 import metrics
+from addresses import client_ip
 from companies import company_of, registry_of
 from errors import ApiError
 from rehive_client import (
@@ -108,14 +108,8 @@ def our_company() -> str:
 
 def client_address() -> str | None:
     """Return the caller's address (after ProxyFix); an IPv4-mapped IPv6 one (`::ffff:a.b.c.d`) as IPv4."""
-    address = request.remote_addr
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return address
-    mapped = getattr(ip, "ipv4_mapped", None)
-    # One caller, one spelling: Rehive's IP rules and our cache key see `a.b.c.d` however it arrived.
-    return str(mapped or ip)
+    ip = client_ip(request.remote_addr)
+    return request.remote_addr if ip is None else str(ip)
 
 
 def authenticate() -> dict:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import time
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 import metrics
+from addresses import Network, in_networks, parse_networks
 from errors import ApiError
 from rehive_client import admin
 from store import TOKEN_INVALID, Store
-from webhooks.extension import Network, parse_networks, webhooks_of
+from webhooks.extension import webhooks_of
 from webhooks.inbox import STATUSES
 
 log = logging.getLogger("service")
@@ -22,13 +22,7 @@ bp = Blueprint("operations", __name__)
 
 
 def _address_allowed(networks: tuple[Network, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(request.remote_addr or "")
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
+    return in_networks(request.remote_addr, networks)
 
 
 def _token_allowed(expected: str) -> bool:

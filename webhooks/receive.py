@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from addresses import in_networks
 from auth import our_company
 from companies import registry_of
 from errors import ApiError
@@ -27,13 +27,7 @@ def _check_address(state: Webhooks) -> None:
     if not state.allowed_networks:
         return
     # remote_addr is already the client's address when ProxyFix trusts our proxies (app.py).
-    try:
-        address = ipaddress.ip_address(request.remote_addr or "")
-    except ValueError:
-        raise ApiError(403, "Webhooks are not accepted from this address.") from None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    if not any(address in network for network in state.allowed_networks):
+    if not in_networks(request.remote_addr, state.allowed_networks):
         raise ApiError(403, "Webhooks are not accepted from this address.")
 
 
