@@ -80,7 +80,7 @@ class CompanyOfAdmin:
     def get(self) -> str:
         """Return the company we serve: REHIVE_COMPANY, or else the admin token's, asking Rehive if needed.
 
-        Deliveries use this: they are stored for the configured company whatever the check says.
+        Deliveries use `for_deliveries` instead, which never waits on Rehive.
         """
         if self.configured is not None:
             return self.configured
@@ -88,6 +88,20 @@ class CompanyOfAdmin:
             self.wait(None)
         assert self._learned is not None
         return self._learned
+
+    def for_deliveries(self) -> str:
+        """Return the company deliveries are for without waiting on Rehive inside the request.
+
+        REHIVE_COMPANY, or the admin token's company once learned; until then the learning goes on in
+        the background and the delivery is answered 503 (Rehive delivers it again, with the same id).
+        """
+        known = self.configured or self._learned
+        if known is None:
+            self.start(not_within=float(RETRY_AFTER_SECONDS))
+            raise ApiError(
+                503, "The service is starting; retry shortly.", {"Retry-After": RETRY_AFTER_SECONDS}
+            )
+        return known
 
     def start(self, not_within: float = 0.0) -> _Attempt:
         """Ask Rehive in the background, unless it is being asked, or failed less than `not_within` s ago."""
