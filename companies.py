@@ -329,6 +329,9 @@ class CompanyRegistry:
                 on_token_refused=lambda: self.token_refused(company, key[1]),
             )
             with self._lock:
+                # One client per company: a token rotated away (here or by another process) is dropped.
+                for stale in [k for k in self._clients if k[0] == company and k != key]:
+                    del self._clients[stale]
                 self._clients[key] = client
         return client
 

@@ -613,3 +613,18 @@ def test_single_mode_claims_only_its_own_companys_events(settings, apps):
     state.inbox.insert("someone-else", "x1", EVENT, json.dumps({"data": {}}))
     assert state.pool.drain() == 0
     assert state.inbox.counts() == {"received": 1}
+
+
+def test_the_registry_keeps_one_client_per_company_across_rotations(app):
+    """A token replaced (by /rotate/ here or in another process) leaves no client of it in memory."""
+    registry = registry_of(app)
+    store = app.extensions["store"]
+    store.activate_company("acme", registry.encrypt("token-1"), "u-svc", registry.encrypt("s"), [EVENT])
+    first = registry.client("acme")
+    assert registry.client("acme") is first  # one client per token, not one per call
+    for n in range(2, 6):
+        store.replace_token("acme", registry.encrypt(f"token-{n}"), "u-svc")
+        assert registry.client("acme") is not first
+    assert [key for key in registry._clients if key[0] == "acme"] == [
+        ("acme", store.registration("acme")["token"])
+    ]
