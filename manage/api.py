@@ -10,7 +10,6 @@ import json
 import logging
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,7 +19,7 @@ from auth import current_user, require_groups
 from companies import CompanyRegistry, registry_of
 from errors import ApiError
 from rehive_client import RehiveError, RehiveForbidden, RehiveUnauthorized, admin
-from webhooks.events import is_sensitive, redact
+from webhooks.events import is_sensitive, iso, redact
 from webhooks.extension import webhooks_of
 from webhooks.inbox import REPLAYABLE, STATUSES
 from webhooks.savings import savings_percent_for
@@ -46,13 +45,6 @@ def _ok(data: Any) -> Response:
 def _company() -> str:
     """Return the caller's company: the only company any query here may touch."""
     return current_user["company"]
-
-
-def iso(timestamp: float | None) -> str | None:
-    """Return a stored time as ISO 8601 in UTC with milliseconds (as the CLI prints it)."""
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:

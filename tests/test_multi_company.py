@@ -17,11 +17,11 @@ from cryptography.fernet import Fernet
 
 from app import create_app
 from companies import registry_of
-from manage.api import iso
 from rehive_client import NoCompanyContext, admin
 from settings import ConfigError, Settings, load_settings
 from tests.conftest import API, BACKENDS, both_backends, rehive_user, webhook_body
 from webhooks import webhooks_of
+from webhooks.events import iso
 
 KEY = Fernet.generate_key().decode()
 PUBLIC_URL = "https://ext.example.test"

@@ -7,7 +7,6 @@ import re
 import signal
 import threading
 import time
-from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -20,20 +19,13 @@ from errors import ApiError
 from rehive_client import RehiveError
 from store import REPLAYABLE, STATUSES
 from webhooks import reconcile
-from webhooks.events import is_sensitive, redact
+from webhooks.events import is_sensitive, iso, redact
 from webhooks.extension import webhooks_of
 from webhooks.worker import WorkerPool
 
 group = AppGroup("webhooks", help="Inspect, replay and process stored webhook events.")
 
 LIST_FIELDS = ("company", "id", "event", "status", "attempts", "received_at", "last_error")
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _one_line(text: str | None, width: int) -> str:
@@ -64,7 +56,7 @@ def list_command(status: str | None, as_json: bool, limit: int) -> None:
     if as_json:
         for row in rows:
             line = {name: row[name] for name in LIST_FIELDS}
-            line["received_at"] = _iso(row["received_at"])
+            line["received_at"] = iso(row["received_at"])
             click.echo(json.dumps(line))
         return
     if not rows:
@@ -73,7 +65,7 @@ def list_command(status: str | None, as_json: bool, limit: int) -> None:
     table = [("RECEIVED", "COMPANY", "ID", "EVENT", "STATUS", "ATTEMPTS", "LAST ERROR")]
     table += [
         (
-            _iso(row["received_at"]) or "",
+            iso(row["received_at"]) or "",
             row["company"],
             row["id"],
             row["event"],
@@ -99,11 +91,11 @@ def show_command(event_id: str, company: str | None, raw: bool) -> None:
     for name in ("company", "id", "event", "status", "attempts"):
         click.echo(f"{name}: {row[name]}")
     for name in ("received_at", "updated_at", "done_at"):
-        click.echo(f"{name}: {_iso(row[name]) or '-'}")
+        click.echo(f"{name}: {iso(row[name]) or '-'}")
     if row["status"] == "failed":
-        click.echo(f"next_attempt_at: {_iso(row['due_at'])}")
+        click.echo(f"next_attempt_at: {iso(row['due_at'])}")
     elif row["status"] == "processing":
-        click.echo(f"lease_expires_at: {_iso(row['due_at'])}")
+        click.echo(f"lease_expires_at: {iso(row['due_at'])}")
     click.echo(f"last_error: {row['last_error'] or '-'}")
     data = json.loads(row["body"])["data"]
     if is_sensitive(row["event"]) and not raw:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 MAX_KEY_LENGTH = 99  # Rehive accepts keys "under 100 characters"
@@ -58,3 +59,10 @@ def redact(value: Any) -> Any:
     if isinstance(value, list):
         return [redact(item) for item in value]
     return value
+
+
+def iso(timestamp: float | None) -> str | None:
+    """Return a stored time (epoch seconds) as ISO 8601 in UTC with milliseconds, as CLI and page show it."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
